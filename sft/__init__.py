@@ -1,0 +1,3 @@
+"""dlm-sft: supervised fine-tuning for masked diffusion language models."""
+
+__version__ = "0.1.0"
