@@ -1,0 +1,215 @@
+"""Run configuration: the trainer's `DiffusionSFTConfig` and the recipe's other sections.
+
+A recipe YAML has the sections `model`, `data`, `diffusion`, `lora` (absent = full fine-tuning)
+and `training`. `diffusion` and `training` both fill one `DiffusionSFTConfig` (TRL's `SFTConfig`
+plus the diffusion fields), so every TrainingArguments/SFTConfig name works as users know it;
+`model`, `data` and `lora` fill the small dataclasses below. The docstrings are the reference
+for recipe keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from trl import SFTConfig
+
+
+@dataclass
+class DiffusionSFTConfig(SFTConfig):
+    r"""`SFTConfig` for masked-diffusion SFT: the recipe's `training:` and `diffusion:` sections.
+
+    Every `transformers.TrainingArguments` / `trl.SFTConfig` field is accepted under `training:`
+    (output_dir, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
+    gradient_accumulation_steps, bf16, activation_checkpointing (alias gradient_checkpointing,
+    default True as in TRL), report_to, seed, ...). TRL's own
+    losses, fused LM head and token-accuracy metric are never used: the loss is the diffusion loss.
+    `bf16` defaults to True only when a CUDA device is present (TRL's default assumes a GPU).
+
+    Diffusion fields (the recipe's `diffusion:` section; see `sft/objective.py` for the math):
+
+    t_min (`float`, defaults to 1e-3):
+        Per-sequence time t = t_min + (1 - t_min)·u, u ~ U[0, 1). 0 reproduces Dream; 1e-3 is
+        LLaDA / dllm. Every response token is masked with probability t.
+    weighting (`str`, defaults to `"inv_t"`):
+        Loss weight of each masked token: `inv_t` (1/t, the ELBO; LLaDA, dllm), `linear` (1 - t),
+        `uniform` (1) or `cart` (Dream's context-adaptive token weights with parameter `cart_p`;
+        no 1/t factor).
+    cart_p (`float`, defaults to 0.1):
+        Geometric decay p of CART: w_j = Σ_{i clean, i≠j} ½·p·(1-p)^{|i-j|-1}. Dream uses 0.1.
+    eos_tail (`str`, defaults to `"all"`):
+        How the EOS tail after each response is trained. Every response already ends with one
+        supervised EOS; the *tail* is the further EOS tokens after it.
+        `all`: the tail fills the row up to `data.max_length` and every tail token is attended,
+        maskable and supervised (Dream: pad to max_length with EOS, all in the loss).
+        `first_n`: exactly `eos_tail_n` tail tokens (fewer if max_length is reached) are
+        attended and supervised (dLLM-RL); the rest of the row is padding.
+        `one`: as `all`, but the masked tail tokens of a row together weigh one token
+        (DreamOn-style averaging) and the tail counts as one supervised token.
+        `none`: no tail; the row is padded (not attended, not supervised) after its EOS.
+        Padding (attention 0) is never masked, never supervised and never counts as CART context.
+    eos_tail_n (`int`, defaults to 16):
+        Tail length for `eos_tail: first_n`.
+    loss_normalization (`str`, defaults to `"supervised"`):
+        `supervised`: the summed weighted loss is divided by the number of supervised tokens
+        (response + supervised tail) in the *global* batch — across gradient accumulation and
+        data-parallel ranks — so loss and gradients do not depend on how the global batch is
+        split. `sequence`: LLaDA's per-sequence mean (÷ the sequence's supervised tokens), then the
+        mean over the sequences of the global batch.
+    eval_t_grid (`int`, defaults to 8):
+        Evaluation draws t from a fixed grid of this many points (example k gets cell k mod n)
+        and its masks from `eval_seed`, so eval loss is deterministic.
+    eval_seed (`int`, defaults to 0):
+        Seed of the evaluation masks. Training noise uses `seed`, the optimizer step and each
+        example's id, so an example's noise never depends on batch splitting or padding.
+    mask_token_id (`int` or `None`):
+        Id of the mask token; set by the model family (from the config or tokenizer).
+    shift (`bool`, defaults to True):
+        Whether logits at position i-1 predict token i (Dream and AR-initialised models) or
+        position i predicts token i (LLaDA); set by the model family.
+    """
+
+    t_min: float = 1e-3
+    weighting: Literal["inv_t", "linear", "uniform", "cart"] = "inv_t"
+    cart_p: float = 0.1
+    eos_tail: Literal["all", "first_n", "one", "none"] = "all"
+    eos_tail_n: int = 16
+    loss_normalization: Literal["supervised", "sequence"] = "supervised"
+    eval_t_grid: int = 8
+    eval_seed: int = 0
+    mask_token_id: int | None = None
+    shift: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.activation_checkpointing is None:  # TRL's `gradient_checkpointing` is the old name
+            self.activation_checkpointing = self.gradient_checkpointing
+        # The dataset arrives tokenized with its own columns; TRL must not re-tokenize or drop them.
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        self.remove_unused_columns = False
+        super().__post_init__()
+        _check_choice("weighting", self.weighting, ("inv_t", "linear", "uniform", "cart"))
+        _check_choice("eos_tail", self.eos_tail, ("all", "first_n", "one", "none"))
+        _check_choice("loss_normalization", self.loss_normalization, ("supervised", "sequence"))
+        if not 0.0 <= self.t_min < 1.0:
+            raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
+        if not 0.0 < self.cart_p <= 1.0:
+            raise ValueError(f"cart_p must be in (0, 1], got {self.cart_p}")
+        if self.eos_tail_n < 0 or self.eval_t_grid < 1:
+            raise ValueError("eos_tail_n must be >= 0 and eval_t_grid >= 1")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+DIFFUSION_FIELDS = (
+    "t_min",
+    "weighting",
+    "cart_p",
+    "eos_tail",
+    "eos_tail_n",
+    "loss_normalization",
+    "eval_t_grid",
+    "eval_seed",
+)
+"""The `DiffusionSFTConfig` fields a recipe sets under `diffusion:` (the rest go under `training:`)."""
+
+FAMILY_FIELDS = ("mask_token_id", "shift")
+"""Fields set from the model family, never by the recipe."""
+
+
+@dataclass
+class ModelSettings:
+    """The recipe's `model:` section.
+
+    name_or_path: a local model directory (or a hub id where a network exists). Required.
+    family: `auto` (from config.json), `dream`, `llada` or `ar` (any Qwen2/Llama causal LM made
+        bidirectional, with a `<|mask|>` token added when the tokenizer lacks one).
+    tokenizer: tokenizer directory when it differs from `name_or_path`.
+    from_scratch: initialise the weights from config.json (seeded by `training.seed`) instead of
+        loading them; the initial weights are saved to `<output_dir>/base` so adapters and
+        checkpoints can name their base model.
+    dtype: `auto`, `float32`, `bfloat16` or `float16` for the loaded weights.
+    attn_implementation: `sdpa` (default), `eager` or `flash_attention_2` (falls back to SDPA
+        with a warning when flash-attn is not installed).
+    mask_token: the mask token's text, used when the config has no `mask_token_id`.
+    """
+
+    name_or_path: str = ""
+    family: Literal["auto", "dream", "llada", "ar"] = "auto"
+    tokenizer: str | None = None
+    from_scratch: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    mask_token: str = "<|mask|>"
+
+
+@dataclass
+class DataSettings:
+    """The recipe's `data:` section.
+
+    train: a chat data file (`.jsonl`, `.json`, `.parquet`) or directory (parquet shards, the hub
+        layout with `data/`, or a `datasets.save_to_disk` directory), or a list of them. Rows
+        have `messages` (list of {role, content}, the Tulu 3 schema) or `prompt`/`completion`.
+    eval: the same, for evaluation (optional).
+    max_length: longest training row in tokens (prompt + response + EOS tail).
+    multi_turn: `last` (Dream: the history is the prompt, the last assistant turn the response)
+        or `all` (one example per assistant turn, each seeing only its history).
+    truncation: for an example longer than max_length: `drop` it, or `truncate_response` (cut
+        the response to fit; it then gets no EOS). A prompt is never cut: an example whose prompt
+        alone does not fit is dropped. Both are counted and reported.
+    num_proc: processes for tokenization (None = one).
+    """
+
+    train: str | list[str] = ""
+    eval: str | list[str] | None = None
+    max_length: int = 2048
+    multi_turn: Literal["last", "all"] = "last"
+    truncation: Literal["drop", "truncate_response"] = "drop"
+    num_proc: int | None = None
+
+
+@dataclass
+class LoraSettings:
+    """The recipe's `lora:` section (absent = full fine-tuning); passed to `peft.LoraConfig`.
+
+    r, alpha, dropout: LoRA rank, scaling numerator and dropout.
+    target_modules: `all-linear` (every linear layer but the LM head) or a list of module names.
+    modules_to_save: extra modules trained in full and saved with the adapter (e.g. embed_tokens).
+    """
+
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class RunConfig:
+    """A resolved recipe."""
+
+    model: ModelSettings
+    data: DataSettings
+    training: DiffusionSFTConfig
+    lora: LoraSettings | None = None
+    source: str = ""  # the recipe file it came from
+
+    def sections(self) -> dict[str, dict]:
+        """The resolved recipe as plain dicts (what `--dry-run` prints)."""
+        values = self.training.to_dict()  # enums as plain values, secrets redacted
+        defaults = DiffusionSFTConfig(output_dir=self.training.output_dir).to_dict()
+        diffusion = {k: values[k] for k in DIFFUSION_FIELDS}
+        skip = {*DIFFUSION_FIELDS, *FAMILY_FIELDS, "output_dir", "logging_dir"}
+        changed = {k: v for k, v in values.items() if k not in skip and v != defaults.get(k)}
+        return {
+            "model": vars(self.model),
+            "data": vars(self.data),
+            "diffusion": diffusion,
+            "lora": vars(self.lora) if self.lora else None,
+            "training": {"output_dir": self.training.output_dir, **changed},
+        }

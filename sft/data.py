@@ -1,0 +1,195 @@
+"""Chat data → tokenized training examples `{input_ids, prompt_length, truncated, example_id}`.
+
+Rows carry `messages` (a list of {role, content}, the Tulu 3 / SmolTalk schema) or
+`prompt`/`completion` strings. The tokenizer's chat template renders each example; the response is
+everything the template adds for the target assistant turn (for ChatML: the content, `<|im_end|>`
+and the newline), followed by one EOS. The prompt/response boundary comes from the rendered text:
+tokens that start before the end of the rendered prompt belong to the prompt, so a prompt token is
+never supervised. Every row that yields no example is counted by reason; nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from sft.config import DataSettings
+from sft.errors import UserError
+
+KEPT = ("ok", "truncated")
+"""Statuses of examples that are trained on; every other status is a reason for dropping."""
+
+
+@dataclass
+class TokenizedData:
+    """A tokenized split and its accounting (status → number of examples)."""
+
+    dataset: datasets.Dataset
+    counts: Counter
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return {k: v for k, v in self.counts.items() if k not in KEPT}
+
+
+def data_files(path: str) -> tuple[str, list[str]]:
+    """Resolve a data path to (datasets builder name, files)."""
+    p = Path(path)
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            return "json", [str(p)]
+        if suffix == ".parquet":
+            return "parquet", [str(p)]
+        raise UserError("unsupported data file type", file=path, expected=".jsonl, .json or .parquet")
+    if p.is_dir():
+        for builder, patterns in (("parquet", ("*.parquet",)), ("json", ("*.jsonl", "*.json"))):
+            files = sorted(str(f) for pattern in patterns for f in p.rglob(pattern))
+            if files:
+                return builder, files
+        raise UserError(
+            "no .parquet/.jsonl/.json files in directory",
+            file=path,
+            expected="a directory of chat data shards",
+        )
+    raise UserError("data path not found", file=path, expected="an existing file or directory")
+
+
+def load_chat_rows(paths: str | list[str]) -> datasets.Dataset:
+    """Load chat rows from files/directories, keeping only the conversation columns."""
+    parts = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
+            loaded = datasets.load_from_disk(path)
+        else:
+            builder, files = data_files(path)
+            try:
+                loaded = datasets.load_dataset(builder, data_files=files, split="train")
+            except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
+                raise UserError(f"cannot read data: {str(err).splitlines()[0]}", file=path) from None
+        columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
+        if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
+            raise UserError(
+                f"no conversation columns (has {', '.join(loaded.column_names)})",
+                file=path,
+                expected="a 'messages' column or 'prompt' and 'completion'",
+            )
+        parts.append(loaded.select_columns(columns))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A row's conversation as a list of {role, content} (prompt/completion become one exchange)."""
+    if row.get("messages") is not None:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+
+
+def tokenize_conversation(
+    messages: list[dict[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    eos_token_id: int,
+    max_length: int,
+    multi_turn: str,
+    truncation: str,
+) -> list[dict[str, Any]]:
+    """One conversation → examples (one per trained assistant turn), each with a `status`."""
+    try:
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    except (KeyError, TypeError):
+        return [_status("malformed")]
+    if not turns:
+        return [_status("no_assistant_turn")]
+    out = []
+    for k in turns if multi_turn == "all" else turns[-1:]:
+        try:
+            prompt = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
+            full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        except Exception:  # noqa: BLE001 - a template error on one row drops that row
+            out.append(_status("template_error"))
+            continue
+        if not full.startswith(prompt):
+            raise UserError(
+                "the chat template does not render the prompt as a prefix of the conversation",
+                file=str(tokenizer.name_or_path),
+                key="chat_template",
+                expected="a prefix-stable template such as ChatML",
+            )
+        encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        prompt_length = sum(1 for start, _ in encoded["offset_mapping"] if start < len(prompt))
+        if not ids or ids[-1] != eos_token_id:
+            ids.append(eos_token_id)
+        out.append(_fit(ids, prompt_length, max_length, truncation))
+    return out
+
+
+def _fit(ids: list[int], prompt_length: int, max_length: int, truncation: str) -> dict[str, Any]:
+    if prompt_length >= len(ids):
+        return _status("empty_response")
+    if prompt_length >= max_length:
+        return _status("prompt_too_long")
+    if len(ids) <= max_length:
+        return {"input_ids": ids, "prompt_length": prompt_length, "truncated": False, "status": "ok"}
+    if truncation == "drop":
+        return _status("too_long")
+    return {
+        "input_ids": ids[:max_length],
+        "prompt_length": prompt_length,
+        "truncated": True,
+        "status": "truncated",
+    }
+
+
+def _status(reason: str) -> dict[str, Any]:
+    return {"input_ids": [], "prompt_length": 0, "truncated": False, "status": reason}
+
+
+def tokenize_dataset(
+    rows: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: DataSettings,
+    eos_token_id: int,
+) -> TokenizedData:
+    """Tokenize every row (cached by `datasets`), count statuses, keep the trainable examples."""
+
+    def batch_fn(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "prompt_length": [], "truncated": [], "status": []}
+        for i in range(len(next(iter(batch.values())))):
+            row = {name: values[i] for name, values in batch.items()}
+            try:
+                messages = to_messages(row)
+            except (KeyError, TypeError):
+                examples = [_status("malformed")]
+            else:
+                examples = tokenize_conversation(
+                    messages,
+                    tokenizer,
+                    eos_token_id=eos_token_id,
+                    max_length=settings.max_length,
+                    multi_turn=settings.multi_turn,
+                    truncation=settings.truncation,
+                )
+            for example in examples:
+                for name in out:
+                    out[name].append(example[name])
+        return out
+
+    mapped = rows.map(
+        batch_fn,
+        batched=True,
+        remove_columns=rows.column_names,
+        num_proc=settings.num_proc,
+        desc="Tokenizing",
+    )
+    counts = Counter(mapped["status"])
+    kept = mapped.filter(lambda s: s in KEPT, input_columns="status")
+    kept = kept.remove_columns("status").add_column("example_id", list(range(len(kept))))
+    return TokenizedData(kept, counts)

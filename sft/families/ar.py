@@ -1,0 +1,56 @@
+"""AR-initialised diffusion LMs: any Qwen2 / Llama causal LM turned into a masked diffusion LM.
+
+As Dream was made from Qwen2.5 and DiffuLLaMA from LLaMA: attention becomes bidirectional
+(`is_causal = False`), a `<|mask|>` token is added when the tokenizer lacks one (embeddings resized,
+new row initialised at the mean), and training keeps the AR model's shift (logits at i-1 predict i).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import (
+    AddedToken,
+    AutoConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2ForCausalLM,
+)
+
+from sft.config import ModelSettings
+from sft.errors import UserError
+from sft.families import Family, instantiate, load_tokenizer
+
+MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM, "llama": LlamaForCausalLM}
+
+
+def detect(config: dict[str, Any]) -> bool:
+    return config.get("model_type") in MODEL_CLASSES
+
+
+def load_model(
+    settings: ModelSettings, config: dict[str, Any], tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
+    model_type = config.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise UserError(
+            f"model_type {model_type!r} is not a supported causal LM",
+            file=settings.name_or_path,
+            key="model.family",
+            expected=f"one of {', '.join(MODEL_CLASSES)}",
+        )
+    model_config = AutoConfig.from_pretrained(settings.name_or_path)
+    model = instantiate(MODEL_CLASSES[model_type], model_config, settings)
+    if getattr(model.config, "mask_token_id", None) is None and (
+        settings.mask_token not in tokenizer.get_vocab()
+    ):
+        tokenizer.add_tokens(
+            [AddedToken(settings.mask_token, special=True, normalized=False)], special_tokens=True
+        )
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return model
+
+
+FAMILY = Family(name="ar", shift=True, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model)

@@ -1,0 +1,218 @@
+"""The masked-diffusion SFT objective, as small pure-torch functions (SPEC §2).
+
+One training example is `prompt + response (+ EOS tail)`. Per sequence a time `t` is drawn; every
+*maskable* token (response and supervised EOS tail, never the prompt) is replaced by the mask token
+with probability `t`; the model predicts the clean token at each masked position; the loss is a
+weighted cross-entropy over masked positions only, normalised over the global batch:
+
+    loss = Σ_rows scale_row · Σ_{j masked} w_j · CE(logits at src(j), x_j)  /  denominator
+
+    t      = t_min + (1 - t_min) · u_row            u_row ~ U[0, 1)
+    masked = maskable ∧ (u_j < t)
+    src(j) = j - 1 (shift, Dream / AR-initialised; 0 for j = 0)  or  j (LLaDA)
+    w_j    = 1/t (inv_t) | 1 - t (linear) | 1 (uniform) | CART(clean, p)_j (cart)
+             × EOS-tail factor (policy `one`: 1 / #masked tail tokens of the row)
+
+Randomness is *counter-based*: every random number is a hash of (seed, step, example id, position),
+so an example's noise never depends on how its global batch is split across gradient-accumulation
+micro-batches, data-parallel ranks, padding or packing. Nothing here knows about models, trainers
+or files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Weighting = Literal["inv_t", "linear", "uniform", "cart"]
+Normalization = Literal["supervised", "sequence"]
+
+_MASK32 = 0xFFFFFFFF
+_T_STREAM = _MASK32  # hash key of a row's `t` draw; token positions never reach it
+
+
+# --------------------------------------------------------------------------- counter-based noise
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2^32; no product overflows int64)."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def _combine(h: torch.Tensor, key: torch.Tensor | int) -> torch.Tensor:
+    """Hash `key` into the running hash `h` (broadcasting)."""
+    return _mix32((h * 0x01000193 + (torch.as_tensor(key, device=h.device) & _MASK32)) & _MASK32)
+
+
+def _to_unit(h: torch.Tensor) -> torch.Tensor:
+    """Map 32-bit hashes to float32 uniforms in [0, 1) with 24 bits of resolution."""
+    return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+def row_keys(seed: int, step: int, example_ids: torch.Tensor) -> torch.Tensor:
+    """One random key per example: hash(seed, step, example id). (B,) int64."""
+    h = _mix32(torch.full_like(example_ids, seed & _MASK32, dtype=torch.int64))
+    return _combine(_combine(h, step), example_ids.to(torch.int64))
+
+
+def sample_t(keys: torch.Tensor, t_min: float) -> torch.Tensor:
+    """Per-example time t = t_min + (1 - t_min)·u, u ~ U[0, 1). t_min = 0 reproduces Dream."""
+    return t_min + (1.0 - t_min) * _to_unit(_combine(keys, _T_STREAM))
+
+
+def grid_t(example_ids: torch.Tensor, grid_size: int, t_min: float) -> torch.Tensor:
+    """Deterministic eval times: example k gets the midpoint of cell (k mod grid_size) of [t_min, 1]."""
+    cell = (example_ids.to(torch.int64) % grid_size).to(torch.float32)
+    return t_min + (1.0 - t_min) * (cell + 0.5) / grid_size
+
+
+def token_uniforms(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) per token from its example's key and its position *within the example*.
+
+    `keys` (B,) and `positions` (B, L) or (L,); returns (B, L) float32.
+    """
+    return _to_unit(_combine(keys[:, None], positions.to(torch.int64)))
+
+
+# --------------------------------------------------------------------------- masking and shift
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    t: torch.Tensor,
+    uniforms: torch.Tensor,
+    mask_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask each maskable token with probability t of its row. Returns (noisy ids, masked bool)."""
+    masked = maskable & (uniforms < t[:, None])
+    return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
+
+
+def shift_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Align logits with targets for shifted models: out[:, i] = logits[:, i-1], out[:, 0] = logits[:, 0]."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def prediction_source(target_cols: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Column whose output predicts the token at `target_cols` (i-1 when shifted, clamped at 0)."""
+    return (target_cols - 1).clamp(min=0) if shift else target_cols
+
+
+# --------------------------------------------------------------------------- weights
+def cart_weights(clean: torch.Tensor, p: float) -> torch.Tensor:
+    """Dream's context-adaptive token weights (CART).
+
+    w_j = Σ_{i clean, i≠j} ½·p·(1-p)^{|i-j|-1} at every position j that is not clean; 0 where clean.
+    `clean` is a (B, L) bool tensor (prompt, unmasked response and unmasked EOS tail; never padding).
+
+    The sum is two one-sided geometric convolutions of the clean indicator (left and right context),
+    done with FFTs in float64: O(L log L) time and O(L) memory, never an L×L matrix.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"cart p must be in (0, 1], got {p}")
+    batch, length = clean.shape
+    c = clean.to(torch.float64)
+    lags = torch.arange(length, dtype=torch.float64, device=clean.device)
+    kernel = torch.where(lags > 0, (1.0 - p) ** (lags - 1), torch.zeros_like(lags))  # g[m] = r^(m-1)
+    n = 2 * length
+    spectrum = torch.fft.rfft(kernel, n=n)
+
+    def one_sided(x: torch.Tensor) -> torch.Tensor:  # Σ_{i<j} x_i r^(j-i-1)
+        return torch.fft.irfft(torch.fft.rfft(x, n=n) * spectrum, n=n)[:, :length]
+
+    both = one_sided(c) + one_sided(c.flip(1)).flip(1)
+    weights = (0.5 * p * both).clamp(min=0.0).to(torch.float32)
+    return torch.where(clean, torch.zeros_like(weights), weights)
+
+
+def token_weights(
+    weighting: Weighting,
+    t: torch.Tensor,
+    masked: torch.Tensor,
+    clean: torch.Tensor,
+    cart_p: float = 0.1,
+) -> torch.Tensor:
+    """Per-token loss weight (B, L) for the chosen scheme; only masked positions are ever used."""
+    if weighting == "cart":
+        return cart_weights(clean, cart_p)
+    per_row = {"inv_t": 1.0 / t, "linear": 1.0 - t, "uniform": torch.ones_like(t)}
+    if weighting not in per_row:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of inv_t, linear, uniform, cart")
+    return per_row[weighting][:, None].expand_as(masked).to(torch.float32)
+
+
+def eos_tail_factor(masked: torch.Tensor, tail: torch.Tensor, tail_as_one: bool) -> torch.Tensor:
+    """Extra factor on EOS-tail tokens: with `tail_as_one` the masked tail tokens of a row share one
+    token's weight (each gets 1 / #masked tail tokens); otherwise every factor is 1."""
+    if not tail_as_one:
+        return torch.ones(masked.shape, dtype=torch.float32, device=masked.device)
+    masked_tail = masked & tail
+    count = masked_tail.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    return torch.where(tail, 1.0 / count, torch.ones_like(count))
+
+
+# --------------------------------------------------------------------------- loss
+def row_loss_scale(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Per-row factor on the summed token losses: 1 (÷ global supervised tokens) or 1/row's
+    supervised tokens (LLaDA: per-sequence mean, then mean over the global batch)."""
+    if normalization == "supervised":
+        return torch.ones_like(supervised, dtype=torch.float32)
+    if normalization == "sequence":
+        return 1.0 / supervised.to(torch.float32).clamp(min=1.0)
+    raise ValueError(f"unknown normalization {normalization!r}; expected supervised or sequence")
+
+
+def row_denominator(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Each row's share of the global denominator: its supervised tokens, or 1 (one sequence)."""
+    if normalization == "supervised":
+        return supervised.to(torch.float32)
+    return (supervised > 0).to(torch.float32)
+
+
+def weighted_masked_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    rows: torch.Tensor,
+    row_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Σ_rows row_scale · Σ_{masked j in row} w_j · CE(logits_j, target_j), in float32.
+
+    `logits` (N, V) are the predictions at the N masked tokens (already at their source columns),
+    `targets`, `weights`, `rows` are (N,); `row_scale` is (B,).
+    """
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    return (ce * weights * row_scale[rows]).sum()
+
+
+@dataclass
+class NoisedBatch:
+    """A batch after the forward process: what the model sees and what the loss needs."""
+
+    noisy_ids: torch.Tensor  # (B, L) input ids with masked tokens replaced by the mask id
+    masked: torch.Tensor  # (B, L) bool
+    t: torch.Tensor  # (B,)
+    weights: torch.Tensor  # (B, L) float32 loss weight of each position (used where masked)
+
+
+def add_noise(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    maskable: torch.Tensor,
+    tail: torch.Tensor,
+    t: torch.Tensor,
+    uniforms: torch.Tensor,
+    *,
+    mask_token_id: int,
+    weighting: Weighting,
+    cart_p: float,
+    tail_as_one: bool,
+) -> NoisedBatch:
+    """The forward process and its loss weights in one call (the trainer's single entry point)."""
+    noisy, masked = mask_tokens(input_ids, maskable, t, uniforms, mask_token_id)
+    clean = attention_mask.bool() & ~masked
+    weights = token_weights(weighting, t, masked, clean, cart_p)
+    weights = weights * eos_tail_factor(masked, tail, tail_as_one)
+    return NoisedBatch(noisy, masked, t, weights)

@@ -1,0 +1,1 @@
+"""Synthetic chat tasks with exact-match scorers (the quickstart task and friends)."""

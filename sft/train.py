@@ -1,0 +1,124 @@
+"""One training run from a `RunConfig`: tokenize the data, load the model, train, save.
+
+`prepare_data` needs only the tokenizer (it is what `--dry-run` runs); `train` does everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig
+from transformers import PreTrainedTokenizerBase
+
+from sft.config import RunConfig
+from sft.data import TokenizedData, load_chat_rows, tokenize_dataset
+from sft.families import Family, LoadedModel, load_family_tokenizer, load_model
+from sft.trainer import DiffusionSFTTrainer
+
+
+@dataclass
+class PreparedData:
+    family: Family
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_id: int
+    train: TokenizedData
+    eval: TokenizedData | None
+
+    def steps(self, config: RunConfig, world_size: int = 1) -> tuple[int, int]:
+        """(optimizer steps per epoch, total optimizer steps), as transformers' Trainer counts."""
+        args = config.training
+        batches = math.ceil(len(self.train.dataset) / (args.per_device_train_batch_size * world_size))
+        per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+        total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+        return per_epoch, total
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    family, tokenizer, eos_id = load_family_tokenizer(config.model)
+
+    def tokenized(paths: Any) -> TokenizedData:
+        return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+
+    return PreparedData(
+        family,
+        tokenizer,
+        eos_id,
+        tokenized(config.data.train),
+        tokenized(config.data.eval) if config.data.eval else None,
+    )
+
+
+def describe(config: RunConfig, data: PreparedData) -> str:
+    """The `--dry-run` report: resolved recipe, dataset sizes and step counts."""
+    import yaml
+
+    per_epoch, total = data.steps(config)
+    lines = [f"# resolved recipe ({config.source})", yaml.safe_dump(config.sections(), sort_keys=False)]
+    lines.append(f"family: {data.family.name} (shift={data.family.shift})")
+    for name, split in (("train", data.train), ("eval", data.eval)):
+        if split is not None:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(split.dropped.items())) or "none"
+            lines.append(
+                f"{name} examples: {len(split.dataset)} (truncated "
+                f"{split.counts.get('truncated', 0)}; dropped: {dropped})"
+            )
+    lines.append(f"steps per epoch: {per_epoch}")
+    lines.append(f"total steps: {total}")
+    return "\n".join(lines)
+
+
+def lora_config(config: RunConfig) -> LoraConfig | None:
+    if config.lora is None:
+        return None
+    lora = config.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=lora.modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_model(config: RunConfig) -> LoadedModel:
+    """Load the model; a from-scratch model is saved to `<output_dir>/base` first, so adapters and
+    checkpoints can name their base model."""
+    loaded = load_model(config.model, seed=config.training.seed)
+    if config.model.from_scratch:
+        base = Path(config.training.output_dir) / "base"
+        loaded.model.save_pretrained(base)
+        loaded.tokenizer.save_pretrained(base)
+        loaded.model.config._name_or_path = str(base)
+    return loaded
+
+
+def build_trainer(
+    config: RunConfig, data: PreparedData | None = None, loaded: LoadedModel | None = None
+) -> DiffusionSFTTrainer:
+    data = data or prepare_data(config)
+    loaded = loaded or build_model(config)
+    args = config.training
+    args.mask_token_id = loaded.mask_token_id
+    args.shift = loaded.family.shift
+    return DiffusionSFTTrainer(
+        loaded.model,
+        args,
+        eos_token_id=data.eos_token_id,
+        max_length=config.data.max_length,
+        train_dataset=data.train.dataset,
+        eval_dataset=data.eval.dataset if data.eval else None,
+        processing_class=loaded.tokenizer,
+        peft_config=lora_config(config),
+    )
+
+
+def train(config: RunConfig) -> DiffusionSFTTrainer:
+    """Train and save the final model (or adapter) and tokenizer to `training.output_dir`."""
+    trainer = build_trainer(config)
+    trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
+    trainer.save_model(config.training.output_dir)
+    return trainer
