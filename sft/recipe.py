@@ -121,7 +121,7 @@ def _build(cls: type, values: dict[str, Any], section: str, file: str) -> Any:
                 key=f"{section}.{key}",
                 expected=f"one of {', '.join(names)}",
             )
-        _check_type(value, hints[key], file, f"{section}.{key}")
+        values[key] = _check_type(value, hints[key], file, f"{section}.{key}")
     return cls(**values)
 
 
@@ -142,7 +142,7 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
                 key=f"diffusion.{key}",
                 expected=f"one of {', '.join(DIFFUSION_FIELDS)}",
             )
-        _check_type(value, hints[key], file, f"diffusion.{key}")
+        diffusion[key] = _check_type(value, hints[key], file, f"diffusion.{key}")
     for key, value in training.items():
         if key in DIFFUSION_FIELDS:
             raise UserError(
@@ -158,7 +158,7 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
                 key=f"training.{key}",
                 expected="a transformers TrainingArguments / trl SFTConfig field",
             )
-        _check_type(value, hints[key], file, f"training.{key}")
+        training[key] = _check_type(value, hints[key], file, f"training.{key}")
     kwargs = {"output_dir": "runs/" + Path(file).stem, **training, **diffusion}
     try:
         return DiffusionSFTConfig(**kwargs)
@@ -166,14 +166,19 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         raise UserError(f"invalid training settings: {_first_line(err)}", file=file, key="training") from None
 
 
-def _check_type(value: Any, hint: Any, file: str, key: str) -> None:
-    if not _matches(value, hint):
-        raise UserError(
-            f"wrong type: got {value!r} ({type(value).__name__})",
-            file=file,
-            key=key,
-            expected=_describe(hint),
-        )
+def _check_type(value: Any, hint: Any, file: str, key: str) -> Any:
+    """Return `value` if it fits `hint`; YAML 1.1 reads `2e-6` as a string, so a numeric string is
+    accepted where a float is expected."""
+    if _matches(value, hint):
+        return value
+    if isinstance(value, str) and _matches(1.5, hint):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise UserError(
+        f"wrong type: got {value!r} ({type(value).__name__})", file=file, key=key, expected=_describe(hint)
+    )
 
 
 def _matches(value: Any, hint: Any) -> bool:
