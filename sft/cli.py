@@ -2,7 +2,7 @@
 
     dlm-sft train RECIPE.yaml [section.key=value ...] [--dry-run]
     dlm-sft prepare DATA_RECIPE.yaml [key=value ...]
-    dlm-sft quickstart [RECIPE.yaml] [section.key=value ...]
+    dlm-sft quickstart [--recipe RECIPE.yaml] [section.key=value ...]
 
 A `UserError` (bad recipe, missing file, bad data) prints `error: <one line>` and exits with 2;
 `--debug` shows the traceback instead.
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("overrides", nargs="*", help="key=value")
 
     quick = commands.add_parser("quickstart", help="train the bundled tiny model on the sort task")
-    quick.add_argument("recipe", nargs="?", default=None)
+    quick.add_argument("--recipe", default=None, help="default: recipes/quickstart/sort_digits.yaml")
     quick.add_argument("overrides", nargs="*", help="section.key=value")
     return parser
 

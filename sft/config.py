@@ -84,6 +84,8 @@ class DiffusionSFTConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False
         if self.activation_checkpointing is None:  # TRL's `gradient_checkpointing` is the old name
             self.activation_checkpointing = self.gradient_checkpointing
         # The dataset arrives tokenized with its own columns; TRL must not re-tokenize or drop them.
