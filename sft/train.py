@@ -58,13 +58,7 @@ def describe(config: RunConfig, data: PreparedData) -> str:
     per_epoch, total = data.steps(config)
     lines = [f"# resolved recipe ({config.source})", yaml.safe_dump(config.sections(), sort_keys=False)]
     lines.append(f"family: {data.family.name} (shift={data.family.shift})")
-    for name, split in (("train", data.train), ("eval", data.eval)):
-        if split is not None:
-            dropped = ", ".join(f"{k}={v}" for k, v in sorted(split.dropped.items())) or "none"
-            lines.append(
-                f"{name} examples: {len(split.dataset)} (truncated "
-                f"{split.counts.get('truncated', 0)}; dropped: {dropped})"
-            )
+    lines += data_summary(data)
     lines.append(f"steps per epoch: {per_epoch}")
     lines.append(f"total steps: {total}")
     return "\n".join(lines)
@@ -116,9 +110,22 @@ def build_trainer(
     )
 
 
+def data_summary(data: PreparedData) -> list[str]:
+    """One line per split: examples kept, truncated, and dropped by reason."""
+    lines = []
+    for name, split in (("train", data.train), ("eval", data.eval)):
+        if split is not None:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(split.dropped.items())) or "none"
+            truncated = split.counts.get("truncated", 0)
+            lines.append(f"{name} examples: {len(split.dataset)} (truncated {truncated}; dropped: {dropped})")
+    return lines
+
+
 def train(config: RunConfig) -> DiffusionSFTTrainer:
     """Train and save the final model (or adapter) and tokenizer to `training.output_dir`."""
-    trainer = build_trainer(config)
+    data = prepare_data(config)
+    print("\n".join(data_summary(data)), flush=True)
+    trainer = build_trainer(config, data)
     trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
     trainer.save_model(config.training.output_dir)
     return trainer
