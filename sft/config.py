@@ -165,6 +165,11 @@ class DataSettings:
         the response to fit; it then gets no EOS). A prompt is never cut: an example whose prompt
         alone does not fit is dropped. Both are counted and reported.
     num_proc: processes for tokenization (None = one).
+    batching: `pad` (one example per row, rows padded to the batch's longest; set
+        `training.group_by_length: true` for length-grouped batches) or `pack` (several examples
+        per row, best-fit-decreasing up to max_length, each with its own positions, EOS tail and
+        noise, attending only within itself). `pack` needs `diffusion.eos_tail` `first_n` or `none`:
+        `all` and `one` fill every example's row to max_length, leaving nothing to pack.
     """
 
     train: str | list[str] = ""
@@ -173,6 +178,7 @@ class DataSettings:
     multi_turn: Literal["last", "all"] = "last"
     truncation: Literal["drop", "truncate_response"] = "drop"
     num_proc: int | None = None
+    batching: Literal["pad", "pack"] = "pad"
 
 
 @dataclass

@@ -95,6 +95,13 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
     lora = None if lora_raw is None else _build(LoraSettings, _section(raw, "lora", file), "lora", file)
     training = _build_training(_section(raw, "training", file), _section(raw, "diffusion", file), file)
     _check_model_and_data(model, data, file)
+    if data.batching == "pack" and training.eos_tail in ("all", "one"):
+        raise UserError(
+            f"eos_tail {training.eos_tail!r} fills every row to max_length; nothing to pack",
+            file=file,
+            key="data.batching",
+            expected="diffusion.eos_tail first_n or none, or pad",
+        )
     return RunConfig(model=model, data=data, training=training, lora=lora, source=file)
 
 
@@ -130,8 +137,8 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
     training_names = [n for n in hints if n not in DIFFUSION_FIELDS and n not in FAMILY_FIELDS]
     owned_elsewhere = {
         "max_length": "data.max_length",
-        "packing": "no packing option (rows are EOS-padded per example)",
-        "padding_free": "no padding-free option (rows are EOS-padded per example)",
+        "packing": "data.batching: pack",
+        "padding_free": "data.batching: pack",
     }
     for key, value in diffusion.items():
         if key not in DIFFUSION_FIELDS:

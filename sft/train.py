@@ -13,6 +13,7 @@ from typing import Any
 from peft import LoraConfig
 from transformers import PreTrainedTokenizerBase
 
+from sft.collate import DiffusionCollator, pack_examples
 from sft.config import RunConfig
 from sft.data import TokenizedData, load_chat_rows, tokenize_dataset
 from sft.families import Family, LoadedModel, load_family_tokenizer, load_model
@@ -30,7 +31,11 @@ class PreparedData:
     def steps(self, config: RunConfig, world_size: int = 1) -> tuple[int, int]:
         """(optimizer steps per epoch, total optimizer steps), as transformers' Trainer counts."""
         args = config.training
-        batches = math.ceil(len(self.train.dataset) / (args.per_device_train_batch_size * world_size))
+        rows = len(self.train.dataset)
+        if config.data.batching == "pack":
+            collator = DiffusionCollator.from_args(args, self.eos_token_id, config.data.max_length)
+            rows = len(pack_examples(self.train.dataset, collator))
+        batches = math.ceil(rows / (args.per_device_train_batch_size * world_size))
         per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
         return per_epoch, total
@@ -98,13 +103,19 @@ def build_trainer(
     args = config.training
     args.mask_token_id = loaded.mask_token_id
     args.shift = loaded.family.shift
+    train_rows, eval_rows = data.train.dataset, data.eval.dataset if data.eval else None
+    collator = None
+    if config.data.batching == "pack":
+        collator = DiffusionCollator.from_args(args, data.eos_token_id, config.data.max_length, train_rows)
+        train_rows = pack_examples(train_rows, collator)
     return DiffusionSFTTrainer(
         loaded.model,
         args,
         eos_token_id=data.eos_token_id,
         max_length=config.data.max_length,
-        train_dataset=data.train.dataset,
-        eval_dataset=data.eval.dataset if data.eval else None,
+        data_collator=collator,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
         processing_class=loaded.tokenizer,
         peft_config=lora_config(config),
     )

@@ -18,6 +18,7 @@ from peft import PeftModel
 from trl import SFTTrainer
 
 from sft import objective
+from sft.attention import attention_inputs
 from sft.collate import DiffusionCollator
 from sft.config import DiffusionSFTConfig
 from sft.prediction_head import enable_prediction_positions
@@ -33,16 +34,8 @@ class DiffusionSFTTrainer(SFTTrainer):
     ) -> None:
         if args.mask_token_id is None:
             raise ValueError("args.mask_token_id must be set (the model family provides it)")
-        kwargs.setdefault(
-            "data_collator",
-            DiffusionCollator(
-                eos_token_id=eos_token_id,
-                max_length=max_length,
-                eos_tail=args.eos_tail,
-                eos_tail_n=args.eos_tail_n,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-            ),
-        )
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = DiffusionCollator.from_args(args, eos_token_id, max_length)
         super().__init__(model=model, args=args, **kwargs)
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         enable_prediction_positions(base)
@@ -51,7 +44,7 @@ class DiffusionSFTTrainer(SFTTrainer):
     # ------------------------------------------------------------------ global normalisation
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         total = sum(
-            objective.row_denominator(b["supervised"], self.args.loss_normalization).sum()
+            objective.doc_denominator(b["supervised"], self.args.loss_normalization).sum()
             for b in batch_samples
         )
         total = torch.as_tensor(total, dtype=torch.float32, device=device)
@@ -69,48 +62,56 @@ class DiffusionSFTTrainer(SFTTrainer):
     ) -> Any:
         args = self.args
         training = model.training
-        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        ids, docs, doc_ids = inputs["input_ids"], inputs["example_ids"], inputs["doc_ids"]
         if training:
-            keys = objective.row_keys(args.seed, self.state.global_step, inputs["example_ids"])
+            keys = objective.example_keys(args.seed, self.state.global_step, docs)
             t = objective.sample_t(keys, args.t_min)
         else:
-            keys = objective.row_keys(args.eval_seed, 0, inputs["example_ids"])
-            t = objective.grid_t(inputs["example_ids"], args.eval_t_grid, args.t_min)
-        positions = torch.arange(ids.shape[1], device=ids.device)
+            keys = objective.example_keys(args.eval_seed, 0, docs)
+            t = objective.grid_t(docs, args.eval_t_grid, args.t_min)
         noised = objective.add_noise(
             ids,
-            attention,
             inputs["maskable"],
             inputs["tail"],
+            doc_ids,
+            inputs["positions"],
             t,
-            objective.token_uniforms(keys, positions),
+            keys,
             mask_token_id=args.mask_token_id,
             weighting=args.weighting,
             cart_p=args.cart_p,
             tail_as_one=args.eos_tail == "one",
         )
         rows, cols = noised.masked.nonzero(as_tuple=True)
-        logits = model(
+        source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
+        config = self.accelerator.unwrap_model(model).config
+        token_ce = model(
             input_ids=noised.noisy_ids,
-            attention_mask=attention,
-            prediction_positions=(rows, objective.prediction_source(cols, args.shift)),
+            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            prediction_positions=(rows, source),
+            prediction_targets=ids[rows, cols],
         )
-        scale = objective.row_loss_scale(inputs["supervised"], args.loss_normalization)
-        total = objective.weighted_masked_ce(logits, ids[rows, cols], noised.weights[rows, cols], rows, scale)
+        scale = objective.doc_loss_scale(inputs["supervised"], args.loss_normalization)
+        total = (token_ce * noised.weights[rows, cols] * scale[doc_ids[rows, cols]]).sum()
         if training and num_items_in_batch is not None:
             # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
             loss = total / num_items_in_batch.clamp(min=1) * self.accelerator.num_processes
         else:
-            denominator = objective.row_denominator(inputs["supervised"], args.loss_normalization)
+            denominator = objective.doc_denominator(inputs["supervised"], args.loss_normalization)
             loss = total / denominator.sum().clamp(min=1)
         self._log_noise_stats("train" if training else "eval", noised, inputs)
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return (loss, {"token_ce": token_ce}) if return_outputs else loss
+
+    def _compute_dtype(self) -> torch.dtype:
+        if self.args.bf16:
+            return torch.bfloat16
+        return torch.float16 if self.args.fp16 else next(self.model.parameters()).dtype
 
     def _log_noise_stats(self, mode: str, noised: objective.NoisedBatch, inputs: dict) -> None:
         stats = torch.stack(
             [
                 noised.masked.sum().float(),
-                noised.t.mean().float(),
+                t_of_docs(noised.t, inputs["doc_ids"], inputs["example_ids"].shape[0]).mean(),
                 inputs["tail"].sum().float() / (inputs["maskable"].sum().float().clamp(min=1)),
             ]
         ).detach()
@@ -126,3 +127,11 @@ class DiffusionSFTTrainer(SFTTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def t_of_docs(token_t: torch.Tensor, doc_ids: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """Each document's t, read back from its tokens (for logging)."""
+    t = torch.zeros(n_docs, dtype=torch.float32, device=token_t.device)
+    real = doc_ids >= 0
+    t[doc_ids[real]] = token_t[real].float()
+    return t

@@ -55,10 +55,10 @@ def test_prompt_tokens_are_never_masked_over_many_draws():
     maskable = torch.zeros(64, 20, dtype=torch.bool)
     maskable[:, 8:] = True
     for step in range(50):
-        keys = objective.row_keys(0, step, torch.arange(64))
+        keys = objective.example_keys(0, step, torch.arange(64))
         t = objective.sample_t(keys, 1e-3)
-        u = objective.token_uniforms(keys, torch.arange(20))
-        noisy, masked = objective.mask_tokens(ids, maskable, t, u, mask_token_id=99)
+        u = objective.token_uniforms(keys[:, None], torch.arange(20))
+        noisy, masked = objective.mask_tokens(ids, maskable, t[:, None], u, mask_token_id=99)
         assert not masked[:, :8].any()
         assert torch.equal(noisy[:, :8], ids[:, :8])
         assert torch.equal(noisy[masked], torch.full_like(noisy[masked], 99))
@@ -66,11 +66,11 @@ def test_prompt_tokens_are_never_masked_over_many_draws():
 
 
 def test_mask_rate_follows_t():
-    keys = objective.row_keys(1, 0, torch.arange(4))
+    keys = objective.example_keys(1, 0, torch.arange(4))
     t = torch.tensor([0.0, 0.25, 0.75, 1.0])
-    u = objective.token_uniforms(keys, torch.arange(4000))
+    u = objective.token_uniforms(keys[:, None], torch.arange(4000))
     _, masked = objective.mask_tokens(
-        torch.zeros(4, 4000, dtype=torch.long), torch.ones(4, 4000, dtype=torch.bool), t, u, 1
+        torch.zeros(4, 4000, dtype=torch.long), torch.ones(4, 4000, dtype=torch.bool), t[:, None], u, 1
     )
     rates = masked.float().mean(1)
     assert rates[0] == 0 and rates[3] == 1
@@ -79,67 +79,92 @@ def test_mask_rate_follows_t():
 
 
 def test_sample_t_respects_t_min_and_is_uniform():
-    t = objective.sample_t(objective.row_keys(0, 0, torch.arange(20000)), 0.2)
+    t = objective.sample_t(objective.example_keys(0, 0, torch.arange(20000)), 0.2)
     assert t.min() >= 0.2 and t.max() < 1.0
     assert t.mean().item() == pytest.approx(0.6, abs=0.01)
 
 
 def test_noise_of_an_example_depends_only_on_seed_step_id_and_position():
     ids = torch.tensor([5, 9, 2, 7])
-    keys = objective.row_keys(3, 11, ids)
-    alone = objective.row_keys(3, 11, ids[2:3])
+    keys = objective.example_keys(3, 11, ids)
+    alone = objective.example_keys(3, 11, ids[2:3])
     assert keys[2] == alone[0]
-    u_full = objective.token_uniforms(keys, torch.arange(30))
-    u_short = objective.token_uniforms(alone, torch.arange(10))
+    u_full = objective.token_uniforms(keys[:, None], torch.arange(30))
+    u_short = objective.token_uniforms(alone[:, None], torch.arange(10))
     assert torch.equal(u_full[2, :10], u_short[0])
-    assert not torch.equal(objective.row_keys(3, 12, ids), keys)  # a new step, new noise
+    assert not torch.equal(objective.example_keys(3, 12, ids), keys)  # a new step, new noise
 
 
 def test_shift_aligns_logits_of_position_i_minus_1_with_token_i():
     logits = torch.arange(5.0).view(1, 5, 1)
     shifted = objective.shift_logits(logits)
     assert shifted.flatten().tolist() == [0.0, 0.0, 1.0, 2.0, 3.0]
-    cols = torch.tensor([0, 1, 4])
-    assert objective.prediction_source(cols, shift=True).tolist() == [0, 0, 3]
-    assert objective.prediction_source(cols, shift=False).tolist() == [0, 1, 4]
+    cols = torch.tensor([0, 1, 4, 6])
+    positions = torch.tensor([0, 1, 4, 0])  # column 6 starts a second packed document
+    assert objective.prediction_source(cols, positions, shift=True).tolist() == [0, 0, 3, 6]
+    assert objective.prediction_source(cols, positions, shift=False).tolist() == [0, 1, 4, 6]
 
 
 def test_token_weights_per_scheme():
-    t = torch.tensor([0.25, 0.5])
-    masked = torch.ones(2, 3, dtype=torch.bool)
-    clean = ~masked
-    assert objective.token_weights("inv_t", t, masked, clean)[:, 0].tolist() == [4.0, 2.0]
-    assert objective.token_weights("linear", t, masked, clean)[:, 0].tolist() == [0.75, 0.5]
-    assert objective.token_weights("uniform", t, masked, clean).unique().tolist() == [1.0]
+    t = torch.tensor([[0.25, 0.25, 0.25], [0.5, 0.5, 0.5]])
+    clean = torch.zeros(2, 3, dtype=torch.bool)
+    doc_ids, positions = torch.tensor([[0] * 3, [1] * 3]), torch.arange(3).repeat(2, 1)
+
+    def weights(scheme):
+        return objective.token_weights(scheme, t, clean, doc_ids, positions, 2)
+
+    assert weights("inv_t")[:, 0].tolist() == [4.0, 2.0]
+    assert weights("linear")[:, 0].tolist() == [0.75, 0.5]
+    assert weights("uniform").unique().tolist() == [1.0]
     with pytest.raises(ValueError):
-        objective.token_weights("bogus", t, masked, clean)
+        weights("bogus")
 
 
-def test_tail_as_one_shares_one_weight_among_masked_tail_tokens():
+def test_cart_weights_of_packed_documents_ignore_their_neighbours():
+    # two documents in one row: [clean, masked, masked] and [clean, clean, masked]
+    clean = torch.tensor([[True, False, False, True, True, False]])
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    packed = objective.token_weights("cart", torch.ones(1, 6), clean, doc_ids, positions, 2, cart_p=0.5)
+    alone = objective.cart_weights(torch.tensor([[True, False, False], [True, True, False]]), 0.5)
+    assert torch.allclose(packed[0], alone.flatten())
+
+
+def test_tail_as_one_shares_one_weight_among_each_documents_masked_tail_tokens():
     masked = torch.tensor([[False, True, True, True, False, True]])
     tail = torch.tensor([[False, False, True, True, True, True]])
-    factor = objective.eos_tail_factor(masked, tail, tail_as_one=True)
+    doc_ids = torch.zeros(1, 6, dtype=torch.long)
+    factor = objective.eos_tail_factor(masked, tail, doc_ids, 1, tail_as_one=True)
     # three masked tail tokens -> each 1/3; response tokens keep 1
     assert factor[0].tolist() == pytest.approx([1, 1, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
     assert (factor[0] * masked[0])[tail[0]].sum().item() == pytest.approx(1.0)
-    assert objective.eos_tail_factor(masked, tail, tail_as_one=False).unique().tolist() == [1.0]
+    assert objective.eos_tail_factor(masked, tail, doc_ids, 1, tail_as_one=False).unique().tolist() == [1.0]
+    two_docs = torch.tensor([[0, 0, 0, 1, 1, 1]])  # tails of two packed documents are shared apart
+    factor = objective.eos_tail_factor(masked, tail, two_docs, 2, tail_as_one=True)
+    assert factor[0].tolist() == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5])
 
 
-def test_weighted_masked_ce_by_hand():
-    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
-    targets = torch.tensor([0, 1])
-    weights = torch.tensor([2.0, 1.0])
-    rows = torch.tensor([0, 1])
-    expected = 2.0 * torch.log(torch.tensor(2.0)) + (torch.log1p(torch.exp(torch.tensor(2.0))))
-    got = objective.weighted_masked_ce(logits, targets, weights, rows, torch.ones(2))
-    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+def test_chunked_cross_entropy_equals_the_full_logits_loss_and_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    full = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="none")
+    (full * torch.arange(37.0)).sum().backward()
+    expected = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    chunked = objective.chunked_cross_entropy(hidden, head, targets, chunk_size=8)
+    (chunked * torch.arange(37.0)).sum().backward()
+    assert torch.allclose(chunked, full, atol=1e-6)
+    assert torch.allclose(hidden.grad, expected[0], atol=1e-6)
+    assert torch.allclose(head.weight.grad, expected[1], atol=1e-6)
 
 
 def test_normalization_denominators():
     supervised = torch.tensor([4.0, 2.0])
-    assert objective.row_denominator(supervised, "supervised").tolist() == [4.0, 2.0]
-    assert objective.row_denominator(supervised, "sequence").tolist() == [1.0, 1.0]
-    assert objective.row_loss_scale(supervised, "sequence").tolist() == [0.25, 0.5]
+    assert objective.doc_denominator(supervised, "supervised").tolist() == [4.0, 2.0]
+    assert objective.doc_denominator(supervised, "sequence").tolist() == [1.0, 1.0]
+    assert objective.doc_loss_scale(supervised, "sequence").tolist() == [0.25, 0.5]
 
 
 def test_grid_t_is_deterministic_and_covers_the_grid():
