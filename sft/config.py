@@ -165,6 +165,8 @@ class DataSettings:
         the response to fit; it then gets no EOS). A prompt is never cut: an example whose prompt
         alone does not fit is dropped. Both are counted and reported.
     num_proc: processes for tokenization (None = one).
+    cache_dir: where tokenized data is cached, keyed by the data, tokenizer, chat template,
+        max_length and the multi-turn and truncation policies (reused across epochs and runs).
     batching: `pad` (one example per row, rows padded to the batch's longest; set
         `training.group_by_length: true` for length-grouped batches) or `pack` (several examples
         per row, best-fit-decreasing up to max_length, each with its own positions, EOS tail and
@@ -178,6 +180,7 @@ class DataSettings:
     multi_turn: Literal["last", "all"] = "last"
     truncation: Literal["drop", "truncate_response"] = "drop"
     num_proc: int | None = None
+    cache_dir: str = "~/.cache/dlm-sft/tokenized"
     batching: Literal["pad", "pack"] = "pad"
 
 
@@ -206,14 +209,14 @@ class RunConfig:
     training: DiffusionSFTConfig
     lora: LoraSettings | None = None
     source: str = ""  # the recipe file it came from
+    training_keys: tuple[str, ...] = ()  # the `training:` keys the recipe set
 
     def sections(self) -> dict[str, dict]:
-        """The resolved recipe as plain dicts (what `--dry-run` prints)."""
+        """The resolved recipe as plain dicts (what `--dry-run` prints and runs record): every
+        model/data/diffusion/lora setting, and the training settings the recipe set."""
         values = self.training.to_dict()  # enums as plain values, secrets redacted
-        defaults = DiffusionSFTConfig(output_dir=self.training.output_dir).to_dict()
         diffusion = {k: values[k] for k in DIFFUSION_FIELDS}
-        skip = {*DIFFUSION_FIELDS, *FAMILY_FIELDS, "output_dir", "logging_dir"}
-        changed = {k: v for k, v in values.items() if k not in skip and v != defaults.get(k)}
+        changed = {k: values[k] for k in self.training_keys if k != "output_dir"}
         return {
             "model": vars(self.model),
             "data": vars(self.data),

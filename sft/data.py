@@ -11,6 +11,10 @@ silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,13 +156,48 @@ def _status(reason: str) -> dict[str, Any]:
     return {"input_ids": [], "prompt_length": 0, "truncated": False, "status": reason}
 
 
+CACHE_VERSION = 1
+"""Bumped when tokenization changes, so old caches are not reused."""
+
+
+def cache_key(
+    rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, settings: DataSettings, eos_token_id: int
+) -> str:
+    """What the tokenized data depends on: the rows, the tokenizer and its chat template, the
+    length limit and the multi-turn and truncation policies."""
+    vocab = (
+        tokenizer.backend_tokenizer.to_str()
+        if tokenizer.is_fast
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
+    parts = {
+        "version": CACHE_VERSION,
+        "rows": rows._fingerprint,
+        "tokenizer": hashlib.sha256(vocab.encode()).hexdigest(),
+        "chat_template": tokenizer.chat_template,
+        "eos": eos_token_id,
+        "max_length": settings.max_length,
+        "multi_turn": settings.multi_turn,
+        "truncation": settings.truncation,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def tokenize_dataset(
     rows: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
     settings: DataSettings,
     eos_token_id: int,
 ) -> TokenizedData:
-    """Tokenize every row (cached by `datasets`), count statuses, keep the trainable examples."""
+    """Tokenize every row once, count statuses and keep the trainable examples.
+
+    The result is cached on disk under `settings.cache_dir/<cache_key>` (written atomically) and
+    reused across epochs, runs and processes; a changed input, tokenizer, template, length or
+    policy gives a new key."""
+    cache = Path(settings.cache_dir).expanduser() / cache_key(rows, tokenizer, settings, eos_token_id)
+    if (cache / "counts.json").is_file():
+        counts = Counter(json.loads((cache / "counts.json").read_text()))
+        return TokenizedData(datasets.load_from_disk(str(cache / "examples")), counts)
 
     def batch_fn(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "prompt_length": [], "truncated": [], "status": []}
@@ -188,8 +227,15 @@ def tokenize_dataset(
         remove_columns=rows.column_names,
         num_proc=settings.num_proc,
         desc="Tokenizing",
+        load_from_cache_file=False,
     )
     counts = Counter(mapped["status"])
     kept = mapped.filter(lambda s: s in KEPT, input_columns="status")
     kept = kept.remove_columns("status").add_column("example_id", list(range(len(kept))))
-    return TokenizedData(kept, counts)
+    partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    kept.save_to_disk(str(partial / "examples"))
+    (partial / "counts.json").write_text(json.dumps(counts))
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(partial, cache)
+    return TokenizedData(datasets.load_from_disk(str(cache / "examples")), counts)

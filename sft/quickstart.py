@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from sft.config import RunConfig
 from sft.evaluate import exact_match
 from sft.tasks import sort_digits
-from sft.train import build_model, build_trainer, prepare_data
+from sft.train import build_model, build_trainer, prepare_data, save_run
 
 DEFAULT_RECIPE = "recipes/quickstart/sort_digits.yaml"
 ANSWER_TOKENS = 12  # the longest answer (8 digits) + <|im_end|>, newline and EOS, with room
@@ -41,6 +41,6 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
     print(f"untrained exact match: {untrained:.3f}", flush=True)
     trainer = build_trainer(config, data, loaded)
     trainer.train()
-    trainer.save_model(config.training.output_dir)
+    save_run(trainer, config)
     trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, **generation)
     return untrained, trained

@@ -102,7 +102,14 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
             key="data.batching",
             expected="diffusion.eos_tail first_n or none, or pad",
         )
-    return RunConfig(model=model, data=data, training=training, lora=lora, source=file)
+    return RunConfig(
+        model=model,
+        data=data,
+        training=training,
+        lora=lora,
+        source=file,
+        training_keys=tuple(_section(raw, "training", file)),
+    )
 
 
 def _section(raw: dict[str, Any], name: str, file: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,12 @@ class PreparedData:
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
+    """Tokenize the splits (the main process first; the others then read its cache)."""
+    with config.training.main_process_first(desc="tokenizing"):
+        return _prepare_data(config)
+
+
+def _prepare_data(config: RunConfig) -> PreparedData:
     family, tokenizer, eos_id = load_family_tokenizer(config.model)
 
     def tokenized(paths: Any) -> TokenizedData:
@@ -132,11 +139,30 @@ def data_summary(data: PreparedData) -> list[str]:
     return lines
 
 
+def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
+    """Save the final model (or adapter) and tokenizer, and `dlm_run.json`: the resolved recipe, the
+    steps and the last losses (what the model card of an export reports)."""
+    output = Path(config.training.output_dir)
+    trainer.save_model(str(output))
+    if not trainer.is_world_process_zero():
+        return
+    history = trainer.state.log_history
+    last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
+    run = {
+        "source": config.source,
+        "recipe": config.sections(),
+        "global_step": trainer.state.global_step,
+        "final_train_loss": last["loss"],
+        "final_eval_loss": last["eval_loss"],
+    }
+    (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+
+
 def train(config: RunConfig) -> DiffusionSFTTrainer:
-    """Train and save the final model (or adapter) and tokenizer to `training.output_dir`."""
+    """Train, then save the model (or adapter), tokenizer and run record to `training.output_dir`."""
     data = prepare_data(config)
     print("\n".join(data_summary(data)), flush=True)
     trainer = build_trainer(config, data)
     trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
-    trainer.save_model(config.training.output_dir)
+    save_run(trainer, config)
     return trainer

@@ -70,7 +70,7 @@ def chat_file(tmp_path) -> Path:
 def recipe_dict(model_dir: Path, train: Path, output_dir: Path, **training) -> dict:
     return {
         "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(train), "max_length": 32},
+        "data": {"train": str(train), "max_length": 32, "cache_dir": str(output_dir / "tokenized")},
         "diffusion": {"eos_tail": "first_n", "eos_tail_n": 3},
         "training": {
             "output_dir": str(output_dir),

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sft.config import DataSettings
-from sft.data import load_chat_rows, tokenize_conversation, tokenize_dataset
+from sft.data import cache_key, load_chat_rows, tokenize_conversation, tokenize_dataset
 from sft.errors import UserError
 from tests.conftest import write_chat_rows
 
@@ -87,3 +87,26 @@ def test_unreadable_inputs_are_one_clear_error(tmp_path):
     bad = write_chat_rows(tmp_path / "bad.jsonl", [{"text": "no conversation"}])
     with pytest.raises(UserError, match="no conversation columns"):
         load_chat_rows(str(bad))
+
+
+def test_tokenized_data_is_cached_by_what_it_depends_on(tokenizer, tmp_path):
+    path = write_chat_rows(tmp_path / "rows.jsonl", [{"messages": CONVERSATION}] * 3)
+    settings = DataSettings(train=str(path), cache_dir=str(tmp_path / "cache"))
+    rows = load_chat_rows(str(path))
+    first = tokenize_dataset(rows, tokenizer, settings, tokenizer.eos_token_id)
+    again = tokenize_dataset(rows, tokenizer, settings, tokenizer.eos_token_id)
+    assert again.dataset.cache_files[0]["filename"].startswith(str(tmp_path / "cache"))
+    assert again.dataset["input_ids"] == first.dataset["input_ids"] and again.counts == first.counts
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    key = cache_key(rows, tokenizer, settings, tokenizer.eos_token_id)
+    assert cache_key(rows, tokenizer, DataSettings(max_length=32), tokenizer.eos_token_id) != key
+    assert cache_key(rows, tokenizer, DataSettings(multi_turn="all"), tokenizer.eos_token_id) != key
+    other_rows = load_chat_rows(str(write_chat_rows(tmp_path / "other.jsonl", [{"messages": CONVERSATION}])))
+    assert cache_key(other_rows, tokenizer, settings, tokenizer.eos_token_id) != key
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = original.replace("<|im_end|>", "<|im_end|> ")
+        assert cache_key(rows, tokenizer, settings, tokenizer.eos_token_id) != key
+    finally:
+        tokenizer.chat_template = original

@@ -148,6 +148,9 @@ def test_eval_loss_is_deterministic_and_metrics_are_logged(qwen2_dir, chat_file,
     assert first["eval_loss"] == second["eval_loss"]
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"loss", "masked_tokens", "mean_t", "eos_share", "eval_loss", "eval_masked_tokens"} <= logged
+    run = json.loads((tmp_path / "ev" / "dlm_run.json").read_text())
+    assert run["global_step"] == 2 and run["final_train_loss"] > 0
+    assert run["recipe"]["diffusion"]["eos_tail"] == "first_n"
 
 
 def test_wandb_offline_logging_works_without_network(qwen2_dir, chat_file, tmp_path, monkeypatch):
