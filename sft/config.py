@@ -63,6 +63,15 @@ class DiffusionSFTConfig(SFTConfig):
     eval_seed (`int`, defaults to 0):
         Seed of the evaluation masks. Training noise uses `seed`, the optimizer step and each
         example's id, so an example's noise never depends on batch splitting or padding.
+    max_consecutive_nonfinite (`int`, defaults to 5; a `training:` key):
+        An optimizer step whose gradients are not finite is skipped (no update) and counted in the
+        `nonfinite_steps` metric; more than this many in a row stop the run with a clear message.
+    resume_from_checkpoint (`str` or `None`, defaults to `"auto"`; a `training:` key):
+        `auto` continues from the newest *complete* `checkpoint-N` in `output_dir` (model,
+        optimizer, scheduler, RNG states, data position; the diffusion noise is a function of the
+        step, so it resumes exactly), or starts fresh when there is none; a path resumes from that
+        checkpoint; null always starts fresh. A checkpoint is complete once its trainer_state.json
+        (written last) is; one cut short by a kill is ignored.
     mask_token_id (`int` or `None`):
         Id of the mask token; set by the model family (from the config or tokenizer).
     shift (`bool`, defaults to True):
@@ -80,6 +89,8 @@ class DiffusionSFTConfig(SFTConfig):
     eval_seed: int = 0
     mask_token_id: int | None = None
     shift: bool = True
+    max_consecutive_nonfinite: int = 5
+    resume_from_checkpoint: str | None = "auto"
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -129,8 +140,11 @@ class ModelSettings:
     """The recipe's `model:` section.
 
     name_or_path: a local model directory (or a hub id where a network exists). Required.
-    family: `auto` (from config.json), `dream`, `llada` or `ar` (any Qwen2/Llama causal LM made
-        bidirectional, with a `<|mask|>` token added when the tokenizer lacks one).
+    family: `auto` (from config.json), `dream`, `llada`, `ar` (any Qwen2/Llama causal LM made
+        bidirectional, with a `<|mask|>` token added when the tokenizer lacks one) or `remote`
+        (an unknown family through its own code; needs `trust_remote_code`).
+    trust_remote_code: allow loading an unknown family with the Python files its checkpoint ships
+        (off by default, warned when on). Dream and LLaDA never need it.
     tokenizer: tokenizer directory when it differs from `name_or_path`.
     from_scratch: initialise the weights from config.json (seeded by `training.seed`) instead of
         loading them; the initial weights are saved to `<output_dir>/base` so adapters and
@@ -142,7 +156,8 @@ class ModelSettings:
     """
 
     name_or_path: str = ""
-    family: Literal["auto", "dream", "llada", "ar"] = "auto"
+    family: Literal["auto", "dream", "llada", "ar", "remote"] = "auto"
+    trust_remote_code: bool = False
     tokenizer: str | None = None
     from_scratch: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+HEAD_CHUNK_TOKENS = 512
+"""Masked positions per LM-head chunk: 512 × 152k-vocabulary fp32 logits are ~0.3 GB."""
+
 Weighting = Literal["inv_t", "linear", "uniform", "cart"]
 Normalization = Literal["supervised", "sequence"]
 
@@ -208,7 +211,7 @@ def chunked_cross_entropy(
     hidden: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor],
     targets: torch.Tensor,
-    chunk_size: int = 4096,
+    chunk_size: int = HEAD_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """CE(head(hidden_n), target_n) per row of `hidden` (N, H), in float32, `chunk_size` rows at a
     time. Each chunk's logits are recomputed in the backward pass instead of stored, so at most one

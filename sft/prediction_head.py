@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from sft.objective import chunked_cross_entropy
+from sft.objective import HEAD_CHUNK_TOKENS, chunked_cross_entropy
 
 
-def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = 4096) -> None:
+def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_CHUNK_TOKENS) -> None:
     """Patch `model.forward` in place (idempotent)."""
     if getattr(model, "_dlm_prediction_positions", False):
         return

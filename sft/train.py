@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from sft.collate import DiffusionCollator, pack_examples
 from sft.config import RunConfig
 from sft.data import TokenizedData, load_chat_rows, tokenize_dataset
+from sft.errors import UserError
 from sft.families import Family, LoadedModel, load_family_tokenizer, load_model
 from sft.trainer import DiffusionSFTTrainer
 
@@ -158,11 +159,49 @@ def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
     (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
 
 
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """`checkpoint-N` directories whose trainer_state.json (the last file a save writes) is whole,
+    oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if step.isdigit() and state.get("global_step") == int(step):
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")))
+
+
+def resume_point(config: RunConfig) -> str | None:
+    """The checkpoint to resume from, per `training.resume_from_checkpoint` (see its docs)."""
+    value = config.training.resume_from_checkpoint
+    if value in (None, "", "none", "false"):
+        return None
+    if value == "auto":
+        complete = complete_checkpoints(config.training.output_dir)
+        return str(complete[-1]) if complete else None
+    if not complete_checkpoints(Path(value).parent) or Path(value) not in complete_checkpoints(
+        Path(value).parent
+    ):
+        raise UserError(
+            "not a complete checkpoint directory",
+            file=value,
+            key="training.resume_from_checkpoint",
+            expected="auto, null, or a checkpoint-N directory with its trainer_state.json",
+        )
+    return value
+
+
 def train(config: RunConfig) -> DiffusionSFTTrainer:
     """Train, then save the model (or adapter), tokenizer and run record to `training.output_dir`."""
     data = prepare_data(config)
     print("\n".join(data_summary(data)), flush=True)
     trainer = build_trainer(config, data)
-    trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
+    resume = resume_point(config)
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
     save_run(trainer, config)
     return trainer

@@ -6,7 +6,10 @@ Wiring only; the math lives in `sft/objective.py`. The trainer overrides three h
   global batch is split;
 - `compute_loss`: noise → forward with logits only at masked positions → weighted CE ÷ that
   denominator; logs masked tokens, mean t and the EOS share of supervised tokens;
-- evaluation uses a fixed t grid and seed, so eval loss is deterministic.
+- evaluation uses a fixed t grid and seed, so eval loss is deterministic;
+and guards the optimizer: a step whose gradients are not finite is skipped (no update) and counted
+(`nonfinite_steps`); more than `max_consecutive_nonfinite` in a row abort the run with a clear
+message, leaving the last complete checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sft import objective
 from sft.attention import attention_inputs
 from sft.collate import DiffusionCollator
 from sft.config import DiffusionSFTConfig
+from sft.errors import UserError
 from sft.prediction_head import enable_prediction_positions
 
 
@@ -40,6 +44,42 @@ class DiffusionSFTTrainer(SFTTrainer):
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         enable_prediction_positions(base)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the global denominator
+        self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+
+    # ------------------------------------------------------------------ non-finite steps
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if not self.is_deepspeed_enabled:  # DeepSpeed skips overflowing steps itself
+            step = optimizer.step
+
+            def guarded_step(*args: Any, **kwargs: Any) -> Any:
+                if self._gradients_finite(optimizer):
+                    self._consecutive_nonfinite = 0
+                    return step(*args, **kwargs)
+                self._skip_nonfinite_step(optimizer)
+                return None
+
+            optimizer.step = guarded_step
+        return optimizer
+
+    def _gradients_finite(self, optimizer: torch.optim.Optimizer) -> bool:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+
+    def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        self._metrics["train"]["nonfinite_steps"].append(float(self.nonfinite_steps))
+        if self._consecutive_nonfinite > self.args.max_consecutive_nonfinite:
+            raise TrainingDiverged(
+                f"{self._consecutive_nonfinite} optimizer steps in a row had a non-finite loss or gradient "
+                f"(at step {self.state.global_step}); stopped. The last complete checkpoint in "
+                f"{self.args.output_dir} is unchanged",
+                key="training.max_consecutive_nonfinite",
+                expected="a lower learning rate, bf16 instead of fp16, or clean data",
+            )
 
     # ------------------------------------------------------------------ global normalisation
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
@@ -135,3 +175,7 @@ def t_of_docs(token_t: torch.Tensor, doc_ids: torch.Tensor, n_docs: int) -> torc
     real = doc_ids >= 0
     t[doc_ids[real]] = token_t[real].float()
     return t
+
+
+class TrainingDiverged(UserError):
+    """Training stopped after too many consecutive non-finite steps."""

@@ -1,6 +1,6 @@
 """Model families: how a checkpoint becomes a bidirectional transformers model with a mask token.
 
-Each family module (`dream`, `llada`, `ar`) provides `FAMILY`, a `Family` that knows how to detect
+Each family module (`dream`, `llada`, `ar`, `remote`) provides `FAMILY`, a `Family` that knows how to detect
 its checkpoints from config.json, load them into transformers' own classes (no remote code) and
 whether logits are shifted. `load_model(settings)` picks the family (or takes `model.family`).
 Adding a family touches this folder only.
@@ -48,9 +48,10 @@ class LoadedModel:
 
 
 def families() -> dict[str, Family]:
-    from sft.families import ar, dream, llada
+    from sft.families import ar, dream, llada, remote
 
-    return {f.name: f for f in (dream.FAMILY, llada.FAMILY, ar.FAMILY)}
+    # detection tries them in this order: `remote` (anything with auto_map) only after the others
+    return {f.name: f for f in (dream.FAMILY, llada.FAMILY, ar.FAMILY, remote.FAMILY)}
 
 
 def read_config(name_or_path: str) -> dict[str, Any]:

@@ -17,6 +17,9 @@ from sft.config import ModelSettings
 from sft.families import Family, instantiate, load_tokenizer
 
 _REMOTE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
+AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
+# Keys of transformers' own configs that Dream's remote `DreamConfig` does not use
+_NATIVE_ONLY = ("rope_parameters", "layer_types", "is_causal", "dtype", "dlm_family", "_name_or_path")
 
 
 def detect(config: dict[str, Any]) -> bool:
@@ -30,6 +33,24 @@ def load_model(
     return instantiate(Qwen2ForCausalLM, qwen2_config, settings)
 
 
+def dream_config(qwen2: dict[str, Any], template: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Dream-layout config.json for a Qwen2 config (dict): Dream's `model_type`, `architectures`,
+    `auto_map` (or those of `template`, the base's own Dream config) and the keys its remote
+    `DreamConfig` reads (`rope_theta`, `rope_scaling`, `torch_dtype`, `mask_token_id`, ...)."""
+    rope = dict(qwen2.get("rope_parameters") or {})
+    config = {k: v for k, v in qwen2.items() if k not in _NATIVE_ONLY}
+    config["rope_theta"] = float(rope.pop("rope_theta", qwen2.get("rope_theta", 10000.0)))
+    rope_type = rope.pop("rope_type", "default")
+    config["rope_scaling"] = None if rope_type == "default" else {"rope_type": rope_type, **rope}
+    if qwen2.get("dtype") is not None:
+        config["torch_dtype"] = str(qwen2["dtype"]).removeprefix("torch.")
+    config.update(model_type="Dream", architectures=["DreamModel"], auto_map=AUTO_MAP, use_cache=False)
+    for key in ("model_type", "architectures", "auto_map"):
+        if template and key in template:
+            config[key] = template[key]
+    return config
+
+
 def tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     """Dream ships a `DreamTokenizer` (remote code) that is Qwen2's BPE: load it as Qwen2's."""
     directory = Path(settings.tokenizer or settings.name_or_path)
@@ -40,7 +61,7 @@ def tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
             from transformers import Qwen2Tokenizer
 
             return Qwen2Tokenizer.from_pretrained(str(directory))
-    return load_tokenizer(settings)
+    return load_tokenizer(settings, trust_remote_code=False)  # config.json's auto_map is not needed
 
 
 FAMILY = Family(name="dream", shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model)
