@@ -1,24 +1,35 @@
-"""Diffusion sampling with Dream's argument names: fill `max_new_tokens` mask tokens after a prompt.
+"""Diffusion sampling with Dream's argument names: fill the mask tokens of a canvas, a few per step.
 
-    timesteps = linspace(1, eps, steps + 1); at step i (t = timesteps[i], s = timesteps[i+1]):
-      alg="origin":        each masked token is revealed with probability 1 - s/t
-      alg="maskgit_plus":  reveal the int(n_masked·(1 - s/t)) most confident tokens, confidence =
-                           probability of the sampled token (`topk_margin`: top1 - top2;
-                           `entropy`: negative entropy); with `alg_temp` the revealed set is sampled
-                           from softmax(confidence / alg_temp) instead of taken top-k
-    the last step reveals everything left. Revealed and prompt tokens never change.
+The canvas is the prompt followed by `max_new_tokens` mask tokens; mask tokens inside the prompt
+are filled too (that is how infilling works, as in Dream). One loop serves every option:
 
-Prompts may differ in length: they are left-padded, with attention masks and position ids so
-that a padded prompt gives the same output as the prompt alone. Logits are shifted for
-Dream/AR-initialised families (position i-1 predicts token i).
+    blocks: the generated span is cut into blocks of `block_length` (default: one block, Dream);
+            block b's positions become candidates only once blocks < b are complete (LLaDA's
+            semi-autoregressive decoding). Masks inside the prompt belong to the first block.
+            `steps` is shared out evenly over the blocks.
+    in each block, timesteps = linspace(1, eps, k + 1) for its k steps; at step i (t, s):
+      alg="origin":        each candidate is revealed with probability 1 - s/t
+      alg="maskgit_plus":  reveal the int(n_candidates·(1 - s/t)) most confident candidates,
+                           confidence = probability of the sampled token (`topk_margin`: top1 -
+                           top2; `entropy`: negative entropy). With `alg_temp` the revealed set
+                           is sampled from softmax(confidence / alg_temp) instead (Gumbel top-k).
+                           LLaDA's "low-confidence remasking" is maskgit_plus with blocks.
+      threshold:           additionally reveal every candidate whose confidence exceeds
+                           `threshold`, and at least one per step (Fast-dLLM's parallel
+                           decoding); a block that is complete early ends early.
+    the block's last step reveals everything left. Revealed and prompt tokens never change.
+
+Prompts may differ in length: they are left-padded, with attention masks and position ids so a
+padded prompt gives the same output as the prompt alone (padding is never a candidate). Logits are
+shifted for Dream/AR-initialised families (position i-1 predicts token i).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -26,7 +37,65 @@ ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # (B, prompt + max_new_tokens)
-    history: list[torch.Tensor] | None = None
+    history: list[torch.Tensor] | None = None  # the canvas before the first and after every step
+
+
+@dataclass
+class SamplerSettings:
+    """The sampler options a user picks (CLI, eval, benchmarks); `kwargs()` feeds `diffusion_generate`."""
+
+    max_new_tokens: int = 64
+    steps: int = 64
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg: str = "maskgit_plus"
+    alg_temp: float | None = None
+    eps: float = 1e-3
+    block_length: int | None = None
+    threshold: float | None = None
+
+    def kwargs(self) -> dict[str, object]:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Raise ValueError for settings the sampler cannot run."""
+        check_settings(**self.kwargs())
+
+
+def check_settings(
+    *,
+    max_new_tokens: int,
+    steps: int,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg: str,
+    alg_temp: float | None,
+    eps: float,
+    block_length: int | None,
+    threshold: float | None,
+) -> None:
+    if alg not in ALGORITHMS:
+        raise ValueError(f"unknown alg {alg!r}; expected one of {', '.join(ALGORITHMS)}")
+    if max_new_tokens < 0 or steps < 1:
+        raise ValueError("max_new_tokens must be >= 0 and steps >= 1")
+    if temperature < 0 or not 0 < eps < 1:
+        raise ValueError("temperature must be >= 0 and eps in (0, 1)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if alg_temp is not None and alg_temp < 0:
+        raise ValueError(f"alg_temp must be >= 0, got {alg_temp}")
+    if block_length is not None:
+        if block_length < 1:
+            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        blocks = max(-(-max_new_tokens // block_length), 1)
+        if steps < blocks:
+            raise ValueError(f"steps ({steps}) must be >= the number of blocks ({blocks})")
+    if threshold is not None and alg == "origin":
+        raise ValueError("threshold needs a confidence alg (maskgit_plus, topk_margin or entropy)")
 
 
 def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
@@ -68,6 +137,11 @@ def sample_tokens(
     return confidence, tokens
 
 
+def block_schedule(steps: int, blocks: int) -> list[int]:
+    """Steps per block: `steps` shared out evenly, earlier blocks taking the remainder."""
+    return [steps // blocks + (b < steps % blocks) for b in range(blocks)]
+
+
 @torch.no_grad()
 def diffusion_generate(
     model: torch.nn.Module,
@@ -84,76 +158,158 @@ def diffusion_generate(
     alg: str = "maskgit_plus",
     alg_temp: float | None = None,
     eps: float = 1e-3,
+    block_length: int | None = None,
+    threshold: float | None = None,
     output_history: bool = False,
+    return_dict_in_generate: bool = True,
     generator: torch.Generator | None = None,
-) -> GenerationOutput:
-    """Dream-style diffusion generation for left-padded prompts (B, P)."""
-    if alg not in ALGORITHMS:
-        raise ValueError(f"unknown alg {alg!r}; expected one of {', '.join(ALGORITHMS)}")
+) -> GenerationOutput | torch.Tensor:
+    """Dream-style diffusion generation for left-padded prompts (B, P).
+
+    Returns a `GenerationOutput` (sequences, history) or, with `return_dict_in_generate=False`,
+    just the sequences (B, P + max_new_tokens), as Dream does. (Dream's default is False; here it
+    is True, which earlier callers rely on.) The sequences keep the EOS tail: cut at the first
+    stop token with `cut_at_stop` / `trim_after_eos`.
+    """
+    check_settings(
+        max_new_tokens=max_new_tokens,
+        steps=steps,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        alg=alg,
+        alg_temp=alg_temp,
+        eps=eps,
+        block_length=block_length,
+        threshold=threshold,
+    )
     device = input_ids.device
-    batch = input_ids.shape[0]
+    batch, prompt_width = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     canvas = torch.full((batch, max_new_tokens), mask_token_id, dtype=input_ids.dtype, device=device)
     x = torch.cat([input_ids, canvas], dim=1)
-    attention = torch.cat([attention_mask, torch.ones_like(canvas)], dim=1)
+    attention = torch.cat([attention_mask.to(input_ids.dtype), torch.ones_like(canvas)], dim=1)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    timesteps = torch.linspace(1, eps, steps + 1, device=device)
+    # Block of each column: prompt columns (infill masks) belong to block 0.
+    length = block_length or max(max_new_tokens, 1)
+    block_of = (torch.arange(x.shape[1], device=device) - prompt_width).clamp(min=0) // length
+    blocks = int(block_of.max()) + 1
     history = [x.clone()] if output_history else None
-    for i in range(steps):
-        masked = x == mask_token_id
-        masked[:, : input_ids.shape[1]] = False
-        if not masked.any():
-            break
-        logits = model(input_ids=x, attention_mask=attention, position_ids=position_ids).logits
-        if shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        t, s = timesteps[i], timesteps[i + 1]
-        last = i == steps - 1
-        confidence, tokens = sample_tokens(logits[masked], temperature, top_p, top_k, alg, generator)
-        if alg == "origin":
-            p_reveal = 1.0 if last else float(1 - s / t)
-            reveal_flat = torch.rand(tokens.shape, device=device, generator=generator) < p_reveal
-            reveal = torch.zeros_like(masked)
-            reveal[masked] = reveal_flat
-        else:
-            scores = torch.full(masked.shape, float("-inf"), device=device)
-            scores[masked] = confidence
-            reveal = _choose(scores, masked, 1.0 if last else float(1 - s / t), alg_temp, generator)
-        proposal = torch.full_like(x, mask_token_id)
-        proposal[masked] = tokens
-        x = torch.where(reveal, proposal, x)
-        if history is not None:
-            history.append(x.clone())
+    for block, block_steps in enumerate(block_schedule(steps, blocks)):
+        in_block = (block_of == block)[None, :] & attention.bool()
+        timesteps = torch.linspace(1, eps, block_steps + 1, device=device)
+        for i in range(block_steps):
+            candidates = (x == mask_token_id) & in_block
+            if not candidates.any():
+                break
+            logits = model(input_ids=x, attention_mask=attention, position_ids=position_ids).logits
+            if shift:
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            confidence, tokens = sample_tokens(logits[candidates], temperature, top_p, top_k, alg, generator)
+            t, s = timesteps[i], timesteps[i + 1]
+            fraction = 1.0 if i == block_steps - 1 else float(1 - s / t)
+            reveal = _choose(candidates, confidence, fraction, alg, alg_temp, threshold, generator)
+            proposal = torch.full_like(x, mask_token_id)
+            proposal[candidates] = tokens
+            x = torch.where(reveal, proposal, x)
+            if history is not None:
+                history.append(x.clone())
+    if not return_dict_in_generate:
+        return x
     return GenerationOutput(x, history)
 
 
 def _choose(
-    scores: torch.Tensor,
-    masked: torch.Tensor,
+    candidates: torch.Tensor,
+    confidence: torch.Tensor,
     fraction: float,
+    alg: str,
     alg_temp: float | None,
+    threshold: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Per row, pick int(n_masked · fraction) masked positions by confidence (top-k or sampled)."""
-    reveal = torch.zeros_like(masked)
-    counts = (masked.sum(-1).float() * fraction).long()
-    for row in range(masked.shape[0]):
-        k = int(counts[row])
-        if k == 0:
-            continue
-        if alg_temp:
-            probs = F.softmax(scores[row] / alg_temp, dim=-1)
-            chosen = torch.multinomial(probs, k, replacement=False, generator=generator)
-        else:
-            chosen = scores[row].topk(k).indices
-        reveal[row, chosen] = True
+    """The candidate positions (B, L) to reveal this step.
+
+    `origin`: each with probability `fraction`. Otherwise, per row, the int(n · fraction) best by
+    confidence (top-k, or sampled without replacement from softmax(confidence / alg_temp) by the
+    Gumbel top-k trick), plus, with `threshold`, every candidate above it and at least one.
+    """
+    if alg == "origin":
+        reveal = torch.zeros_like(candidates)
+        draws = torch.rand(confidence.shape, device=confidence.device, generator=generator)
+        reveal[candidates] = draws < fraction
+        return reveal
+    scores = torch.full(candidates.shape, float("-inf"), device=confidence.device)
+    scores[candidates] = confidence.float()
+    ranking = scores
+    if alg_temp:
+        uniform = torch.rand(confidence.shape, device=confidence.device, generator=generator)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        ranking = scores.clone()
+        ranking[candidates] = confidence.float() / alg_temp + gumbel
+    count = (candidates.sum(-1).float() * fraction).long()
+    if threshold is not None:
+        count = count.clamp(min=1)
+    rank = ranking.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
+    reveal = (rank < count[:, None]) & candidates
+    if threshold is not None:
+        reveal |= candidates & (scores > threshold)
     return reveal
 
 
-def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+def infill(
+    model: torch.nn.Module,
+    prefix_ids: list[list[int]],
+    suffix_ids: list[list[int]],
+    span_length: int,
+    *,
+    mask_token_id: int,
+    pad_token_id: int,
+    **sampling: object,
+) -> list[list[int]]:
+    """Fill `span_length` tokens between each prefix and suffix; returns the filled spans.
+
+    Each row is `prefix + [mask] * span_length + suffix`, left-padded into one batch and decoded
+    with `max_new_tokens=0`; prefix and suffix tokens are never changed.
+    """
+    rows = [p + [mask_token_id] * span_length + s for p, s in zip(prefix_ids, suffix_ids)]
+    ids, attention = left_pad(rows, pad_token_id)
+    device = next(model.parameters()).device
+    sampling = {**sampling, "max_new_tokens": 0, "return_dict_in_generate": False}
+    out = diffusion_generate(
+        model, ids.to(device), attention.to(device), mask_token_id=mask_token_id, **sampling
+    )
+    spans = []
+    for row, suffix in enumerate(suffix_ids):
+        start = ids.shape[1] - len(suffix) - span_length
+        spans.append(out[row, start : start + span_length].tolist())
+    return spans
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (ids, attention_mask), both (B, longest)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.as_tensor(row)
+            attention[i, width - len(row) :] = 1
+    return ids, attention
+
+
+def cut_at_stop(tokens: list[int], stop_ids: Iterable[int]) -> list[int]:
     """Tokens up to (not including) the first stop token."""
+    stops = set(stop_ids)
     for i, token in enumerate(tokens):
-        if token in stop_ids:
+        if token in stops:
             return tokens[:i]
     return tokens
+
+
+def trim_after_eos(sequences: torch.Tensor, start: int, eos_token_id: int) -> torch.Tensor:
+    """Copy of `sequences` where every generated token (columns >= start) after the first EOS is EOS."""
+    generated = sequences[:, start:]
+    seen = (generated == eos_token_id).long().cumsum(-1) > 0
+    return torch.cat([sequences[:, :start], generated.masked_fill(seen, eos_token_id)], dim=1)

@@ -35,6 +35,9 @@ from sft.errors import UserError
 
 SECTIONS = ("model", "data", "diffusion", "lora", "training")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SECRET_FIELDS = ("hub_token",)
+"""TrainingArguments fields holding credentials: refused in recipes, since transformers pickles the
+arguments into `training_args.bin` next to every checkpoint."""
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -158,6 +161,13 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
             )
         diffusion[key] = _check_type(value, hints[key], file, f"diffusion.{key}")
     for key, value in training.items():
+        if key in SECRET_FIELDS:  # checked first: the value must not reach any message or file
+            raise UserError(
+                "credentials do not belong in a recipe (recipes and run records are saved and shared)",
+                file=file,
+                key=f"training.{key}",
+                expected="the HF_TOKEN environment variable or `hf auth login`",
+            )
         if key in DIFFUSION_FIELDS:
             raise UserError(
                 "a diffusion setting", file=file, key=f"training.{key}", expected=f"diffusion.{key}"

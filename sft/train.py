@@ -100,6 +100,7 @@ def build_model(config: RunConfig) -> LoadedModel:
         loaded.model.save_pretrained(base)
         loaded.tokenizer.save_pretrained(base)
         loaded.model.config._name_or_path = str(base)
+        loaded.model.name_or_path = str(base)  # what peft records as the adapter's base model
     return loaded
 
 

@@ -34,8 +34,16 @@ def test_scorer_is_exact_match():
 
 def test_quickstart_command_prints_both_accuracies(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    code = main(["quickstart", "--recipe", "recipes/quickstart/sort_digits.yaml", "training.max_steps=10",
-                 f"training.output_dir={tmp_path}", "training.disable_tqdm=true"])
+    code = main(
+        [
+            "quickstart",
+            "--recipe",
+            "recipes/quickstart/sort_digits.yaml",
+            "training.max_steps=10",
+            f"training.output_dir={tmp_path}",
+            "training.disable_tqdm=true",
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("accuracy: untrained=") and " trained=" in last

@@ -159,3 +159,13 @@ def test_wandb_offline_logging_works_without_network(qwen2_dir, chat_file, tmp_p
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     train(build_run_config(recipe_dict(qwen2_dir, chat_file, tmp_path / "wb", report_to=["wandb"])))
     assert list((tmp_path / "wandb").glob("offline-run-*")), os.listdir(tmp_path)
+
+
+def test_a_lora_adapter_on_a_from_scratch_model_names_its_saved_base(qwen2_dir, chat_file, tmp_path):
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "scratch", max_steps=1)
+    raw["model"]["from_scratch"] = True
+    raw["lora"] = {"r": 2, "alpha": 4}
+    train(build_run_config(raw))
+    adapter_config = json.loads((tmp_path / "scratch" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tmp_path / "scratch" / "base")
+    assert (tmp_path / "scratch" / "base" / "model.safetensors").is_file()

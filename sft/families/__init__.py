@@ -58,7 +58,7 @@ def read_config(name_or_path: str) -> dict[str, Any]:
     """config.json of a local directory or hub id, as a dict."""
     local = Path(name_or_path) / "config.json"
     if local.is_file():
-        return json.loads(local.read_text(encoding="utf-8"))
+        return _json_object(local)
     if Path(name_or_path).exists():
         raise UserError(
             "no config.json in model directory",
@@ -68,13 +68,32 @@ def read_config(name_or_path: str) -> dict[str, Any]:
     from transformers.utils import cached_file
 
     try:
-        return json.loads(Path(cached_file(name_or_path, "config.json")).read_text())
+        return _json_object(Path(cached_file(name_or_path, "config.json")))
     except OSError as err:
         raise UserError(
             f"cannot fetch the model config: {str(err).splitlines()[0]}",
             file=name_or_path,
             expected="a reachable hub id or a local directory",
         ) from None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"not valid JSON: {err}", file=str(path), expected="a model config.json") from None
+    if not isinstance(value, dict):
+        raise UserError("not a JSON object", file=str(path), expected="a model config.json") from None
+    return value
+
+
+def require_safetensors(name_or_path: str) -> None:
+    """Weights are read only from safetensors: a local directory without them is refused (pickle
+    `*.bin`/`*.pt` files are never loaded); hub downloads pass `use_safetensors=True`."""
+    if Path(name_or_path).is_dir():
+        from sft.checkpoint_io import shard_files
+
+        shard_files(name_or_path)  # raises a UserError naming any pickle files
 
 
 def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
@@ -161,8 +180,13 @@ def instantiate(
     if settings.from_scratch:
         model = model_class(model_config)
         return model.to(dtype) if dtype is not None else model
+    require_safetensors(settings.name_or_path)
     return model_class.from_pretrained(
-        settings.name_or_path, config=model_config, dtype=dtype or "auto", attn_implementation=attn
+        settings.name_or_path,
+        config=model_config,
+        dtype=dtype or "auto",
+        attn_implementation=attn,
+        use_safetensors=True,
     )
 
 

@@ -25,7 +25,13 @@ from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedMo
 
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import Family, instantiate, load_tokenizer, resolve_attn_implementation
+from sft.families import (
+    Family,
+    instantiate,
+    load_tokenizer,
+    require_safetensors,
+    resolve_attn_implementation,
+)
 
 MASK_TOKEN = "<|mdm_mask|>"
 MASK_TOKEN_ID = 126336  # LLaDA-8B's mask token, used when neither config nor tokenizer name one
@@ -254,12 +260,14 @@ def load_model(
     model_config.is_causal = False
     attn = resolve_attn_implementation(settings.attn_implementation)
     model_config._attn_implementation = attn
+    require_safetensors(settings.name_or_path)
     model = LlamaForCausalLM.from_pretrained(
         settings.name_or_path,
         config=model_config,
         dtype="auto" if settings.dtype == "auto" else getattr(torch, settings.dtype),
         attn_implementation=attn,
         key_mapping=key_mapping(),
+        use_safetensors=True,
     )
     # transformers remembers the renaming and would undo it in save_pretrained; a trained LLaDA is saved
     # in LLaMA's names (its config.json says llama), so forget it. `sft.export` writes LLaDA's names back.

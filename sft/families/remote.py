@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import Family, load_tokenizer
+from sft.families import Family, load_tokenizer, require_safetensors
 
 
 def detect(config: dict[str, Any]) -> bool:
@@ -55,7 +55,10 @@ def load_model(
         model_config = AutoConfig.from_pretrained(settings.name_or_path, trust_remote_code=True)
         model = model_class.from_config(model_config, trust_remote_code=True)
         return model.to(dtype) if dtype is not None else model
-    return model_class.from_pretrained(settings.name_or_path, trust_remote_code=True, dtype=dtype or "auto")
+    require_safetensors(settings.name_or_path)
+    return model_class.from_pretrained(
+        settings.name_or_path, trust_remote_code=True, dtype=dtype or "auto", use_safetensors=True
+    )
 
 
 FAMILY = Family(name="remote", shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model)
