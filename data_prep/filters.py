@@ -87,9 +87,9 @@ class TokenCounter:
 
     def __init__(self, tokenizer_path: str, file: str = "") -> None:
         try:
-            from transformers import AutoTokenizer
+            from sft.tokenizer_files import load_tokenizer_dir
 
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+            self.tokenizer = load_tokenizer_dir(tokenizer_path)
         except Exception as exc:  # noqa: BLE001 - missing dir, offline hub id, broken files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(

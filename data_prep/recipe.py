@@ -16,7 +16,7 @@ import yaml
 
 from sft.errors import UserError
 
-FORMATS = ("auto", "tulu3", "smoltalk", "messages", "sharegpt")
+FORMATS = ("auto", "tulu3", "smoltalk", "messages", "sharegpt", "prompt_completion")
 
 
 @dataclass

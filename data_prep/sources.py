@@ -111,13 +111,13 @@ def _parquet_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
         names = set(reader.schema_arrow.names)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the same user-facing error
         raise UserError(f"cannot read parquet file: {exc}", file=str(file)) from exc
-    if not names & {"messages", "conversations"}:
+    if not names & {"messages", "conversations"} and not {"prompt", "completion"} <= names:
         raise UserError(
-            "has neither a 'messages' nor a 'conversations' column",
+            "has no 'messages', 'conversations' or 'prompt'/'completion' columns",
             file=str(file),
-            expected="the Tulu 3 / SmolTalk schema or ShareGPT 'conversations'",
+            expected="the Tulu 3 / SmolTalk schema, ShareGPT 'conversations' or prompt/completion",
         )
-    columns = [c for c in ("id", "source", "messages", "conversations") if c in names]
+    columns = [c for c in ("id", "source", "messages", "conversations", "prompt", "completion") if c in names]
     start = 0
     try:
         for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
@@ -261,6 +261,12 @@ def adapt(raw: Any, fmt: str, name: str) -> Row | str:
         return "row_not_an_object"
     if fmt == "sharegpt" or (fmt == "auto" and "messages" not in raw and "conversations" in raw):
         messages = _messages(raw.get("conversations"), SHAREGPT_ROLES)
+    elif fmt == "prompt_completion" or (fmt == "auto" and "messages" not in raw and "prompt" in raw):
+        pair = [
+            {"role": "user", "content": raw.get("prompt")},
+            {"role": "assistant", "content": raw.get("completion")},
+        ]
+        messages = _messages(pair, None)
     else:
         messages = _messages(raw.get("messages"), None)
     if isinstance(messages, str):

@@ -7,7 +7,8 @@
     dlm-sft generate CHECKPOINT --prompt TEXT [--interactive] [sampler options]
     dlm-sft eval CHECKPOINT RECIPE_OR_DATA [section.key=value ...] [--ar-baseline] [sampler options]
     dlm-sft export RUN_OR_CHECKPOINT --output DIR [--format auto|dream|llada|native] [--adapter NAME]
-    dlm-sft plan RECIPE.yaml [section.key=value ...] [--engine ddp|fsdp|zero2|zero3] [--num-gpus N] [--gpu-mem 24GiB]
+    dlm-sft plan RECIPE.yaml [section.key=value ...] [--engine ddp|fsdp|zero2|zero3] [--num-gpus N]
+                 [--gpu-mem 24GiB] [--examples N] [--mean-tokens M]
     dlm-sft report RUN_DIR [--output PNG]
 
 A `UserError` (bad recipe, missing file, bad data) prints `error: <one line>` and exits with 2;

@@ -183,10 +183,11 @@ class DataSettings:
     cache_dir: where tokenized data is cached, keyed by the data, tokenizer, chat template,
         max_length and the multi-turn and truncation policies (reused across epochs and runs).
     batching: `pad` (one example per row, rows padded to the batch's longest; set
-        `training.group_by_length: true` for length-grouped batches) or `pack` (several examples
-        per row, best-fit-decreasing up to max_length, each with its own positions, EOS tail and
-        noise, attending only within itself). `pack` needs `diffusion.eos_tail` `first_n` or `none`:
-        `all` and `one` fill every example's row to max_length, leaving nothing to pack.
+        `training.train_sampling_strategy: group_by_length` for length-grouped batches) or `pack`
+        (several examples per row, best-fit-decreasing up to max_length, each with its own
+        positions, EOS tail and noise, attending only within itself). `pack` needs
+        `diffusion.eos_tail` `first_n` or `none`: `all` and `one` fill every example's row to
+        max_length, leaving nothing to pack.
     """
 
     train: str | list[str] = ""

@@ -73,10 +73,21 @@ def load_chat_rows(paths: str | list[str]) -> datasets.Dataset:
             loaded = datasets.load_from_disk(path)
         else:
             builder, files = data_files(path)
+            empty = [f for f in files if Path(f).stat().st_size == 0]
+            if empty:
+                raise UserError("empty data file", file=empty[0], expected="chat rows")
+            verbosity = datasets.logging.get_verbosity()
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the UserError says it once
             try:
                 loaded = datasets.load_dataset(builder, data_files=files, split="train")
             except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
-                raise UserError(f"cannot read data: {str(err).splitlines()[0]}", file=path) from None
+                raise UserError(
+                    f"cannot read data: {_reader_message(err)}",
+                    file=path,
+                    expected="one JSON object per line (.jsonl), a JSON list (.json) or parquet",
+                ) from None
+            finally:
+                datasets.logging.set_verbosity(verbosity)
         columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
         if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
             raise UserError(
@@ -86,6 +97,19 @@ def load_chat_rows(paths: str | list[str]) -> datasets.Dataset:
             )
         parts.append(loaded.select_columns(columns))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _reader_message(err: BaseException) -> str:
+    """The reader's own message: `datasets` wraps it in a DatasetGenerationError without detail."""
+    current: BaseException | None = err
+    for _ in range(10):
+        if current is None:
+            break
+        text = str(current).strip()
+        if text and not isinstance(current, datasets.exceptions.DatasetGenerationError):
+            return text.splitlines()[0]
+        current = current.__cause__ or current.__context__
+    return type(err).__name__
 
 
 def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:

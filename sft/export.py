@@ -29,11 +29,11 @@ from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
 from sft import model_card
 from sft.adapters import LoraMerger, choose_adapter, read_adapter_config
 from sft.checkpoint_io import ShardWriter, iter_shards, tensor_names
-from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families import FAMILY_KEY, detect_family, read_config
 from sft.families import dream as dream_family
 from sft.families import llada as llada_family
+from sft.tokenizer_files import load_tokenizer_dir
 
 Layout = Literal["native", "dream", "llada"]
 FORMATS = ("auto", "native", "dream", "llada")
@@ -210,7 +210,7 @@ def export_checkpoint(
     if vocab_rows is not None:
         native["vocab_size"] = vocab_rows
     tokenizer_dir = _copy_tokenizer(source, out, result)
-    tokenizer = dream_family.tokenizer(ModelSettings(name_or_path=str(tokenizer_dir)))
+    tokenizer = load_tokenizer_dir(str(tokenizer_dir))
     native["mask_token_id"] = _mask_token_id(native, tokenizer, out)
     eos = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     _write_config(native, target, source, out, result)

@@ -18,7 +18,8 @@ the weights. Memory per GPU, in bytes:
                  H hidden, kv = KV heads × head dim, I MLP width, L row length; ×T = micro-batch × L
                  tokens × layers; LoRA with dropout adds a·(6·H + I), the adapters' dropped-out
                  inputs. With activation checkpointing only each layer's input is kept,
-                 a·H·T per layer, plus one layer's full activations while it is recomputed.
+                 a·H·T per layer, plus one layer's full activations while it is recomputed. Either
+                 way the backward pass adds one layer's activation gradients.
     loss head    the backbone's last hidden state (a·H·T, twice: norm in and out), the hidden states
                  gathered at the masked positions (N ≤ T, all supervised tokens in the worst case,
                  a·H·N), and one chunk of min(N, 512) logits (`objective.HEAD_CHUNK_TOKENS`): in
@@ -197,6 +198,12 @@ def data_size(
         return DataSize(examples, mean, "--examples", assumed)
     if on_disk and _tokenizer_on_disk(config):
         return _tokenized_size(config)
+    if on_disk:  # the tokenizer is a hub id not on disk: count the rows, assume their length
+        from sft.data import load_chat_rows
+
+        mean = mean_tokens if mean_tokens is not None else config.data.max_length / 2
+        assumed = [] if mean_tokens is not None else [f"mean tokens per example {mean:.0f} (max_length / 2)"]
+        return DataSize(len(load_chat_rows(train)), mean, "rows on disk (tokenizer not on disk)", assumed)
     documented = _documented_size(train, config.data.max_length)
     if documented is not None:
         if mean_tokens is not None:
@@ -319,6 +326,8 @@ def estimate_memory(
     checkpointed = shape.num_layers * act * shape.hidden_size * tokens + one_layer
     chunk = min(tokens, HEAD_CHUNK_TOKENS)
     head = act * shape.hidden_size * (3 * tokens) + chunk * shape.vocab_size * (act + 4 + 4)
+    # the backward pass holds one layer's activation gradients beside what is saved
+    full, checkpointed = full + one_layer, checkpointed + one_layer
     use = checkpointed if args.activation_checkpointing else full
     return MemoryEstimate(weights, grads, optim, use, head, checkpointed, full)
 
@@ -356,7 +365,9 @@ class Plan:
         """(optimizer steps per epoch, total), as transformers' Trainer counts them."""
         args = self.config.training
         if self.data is None:
-            raise UserError("the training data could not be counted", key="data.train", expected="--examples N")
+            raise UserError(
+                "the training data could not be counted", key="data.train", expected="--examples N"
+            )
         rows = self.data.rows or self.data.examples
         batches = math.ceil(rows / (args.per_device_train_batch_size * self.num_gpus))
         per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
@@ -377,10 +388,14 @@ class Plan:
             f"  parameters: {_count(params)}; trained: {_count(trained)} ({method}); "
             f"weights as {self._weight_dtype()}",
         ]
-        lines += self._data_lines() if data else [
-            f"data: {', '.join(_paths(config.data.train))} is not on disk and no data recipe documents "
-            "it: pass --examples N [--mean-tokens M] for examples, tokens and steps"
-        ]
+        lines += (
+            self._data_lines()
+            if data
+            else [
+                f"data: {', '.join(_paths(config.data.train))} is not on disk and no data recipe documents "
+                "it: pass --examples N [--mean-tokens M] for examples, tokens and steps"
+            ]
+        )
         lines += [
             f"batch: {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
             f"accumulation × {self.num_gpus} GPU(s) = {self.global_batch} global; "
@@ -409,7 +424,8 @@ class Plan:
         ]
         lines += [f"  {name:<36}{_gib(value):>12}" for name, value in rows]
         lines.append(
-            f"  total with checkpointing on / off:  {_gib(mem.total_with(True))} / {_gib(mem.total_with(False))}"
+            f"  total with checkpointing on / off:  "
+            f"{_gib(mem.total_with(True))} / {_gib(mem.total_with(False))}"
         )
         if self.gpu_mem is not None:
             lines.append("")
@@ -421,7 +437,8 @@ class Plan:
         assert data is not None
         lines = [
             f"data: {data.source}",
-            f"  train examples: {data.examples:,}" + (f" (packed into {data.rows:,} rows)" if data.rows else ""),
+            f"  train examples: {data.examples:,}"
+            + (f" (packed into {data.rows:,} rows)" if data.rows else ""),
             f"  tokens per example: {data.mean_tokens:,.0f} mean"
             + (f", {data.longest:,} longest" if data.longest else "")
             + f"; per row with the EOS tail: {self.row_tokens():,.0f}",

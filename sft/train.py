@@ -148,6 +148,7 @@ def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
     trainer.save_model(str(output))
     if not trainer.is_world_process_zero():
         return
+    trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
     history = trainer.state.log_history
     last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
     run = {

@@ -148,17 +148,23 @@ class DiffusionSFTTrainer(SFTTrainer):
         return torch.float16 if self.args.fp16 else next(self.model.parameters()).dtype
 
     def _log_noise_stats(self, mode: str, noised: objective.NoisedBatch, inputs: dict) -> None:
-        stats = torch.stack(
+        """Masked tokens (summed over ranks), mean t and the EOS tail's share of maskable tokens."""
+        n_docs = inputs["example_ids"].shape[0]
+        sums = torch.stack(
             [
                 noised.masked.sum().float(),
-                t_of_docs(noised.t, inputs["doc_ids"], inputs["example_ids"].shape[0]).mean(),
-                inputs["tail"].sum().float() / (inputs["maskable"].sum().float().clamp(min=1)),
+                t_of_docs(noised.t, inputs["doc_ids"], n_docs).sum(),
+                torch.tensor(float(n_docs), device=noised.t.device),
+                inputs["tail"].sum().float(),
+                inputs["maskable"].sum().float(),
             ]
         ).detach()
         if self.accelerator.num_processes > 1:
-            stats = self.accelerator.gather(stats[None]).mean(dim=0)
-        for name, value in zip(("masked_tokens", "mean_t", "eos_share"), stats.tolist()):
-            self._metrics[mode][name].append(value)
+            sums = self.accelerator.gather(sums[None]).sum(dim=0)
+        masked, t_sum, docs, tail, maskable = sums.tolist()
+        self._metrics[mode]["masked_tokens"].append(masked)
+        self._metrics[mode]["mean_t"].append(t_sum / max(docs, 1.0))
+        self._metrics[mode]["eos_share"].append(tail / max(maskable, 1.0))
 
     def prediction_step(
         self, model: Any, inputs: dict, prediction_loss_only: bool, ignore_keys: list[str] | None = None

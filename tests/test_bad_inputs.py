@@ -260,7 +260,7 @@ def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("name", ["unknown subcommand", "unknown engine", "invalid JSON lines"])
+@pytest.mark.parametrize("name", ["unknown subcommand", "invalid JSON lines"])
 def test_a_real_process_prints_only_the_error_line(work, name):
     result = run_cli(CASES[name].argv(work))
     assert result.returncode == 2

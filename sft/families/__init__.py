@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import ModelSettings
 from sft.errors import UserError
+from sft.tokenizer_files import load_tokenizer_dir
 
 FAMILY_KEY = "dlm_family"
 """config.json key recording the family of checkpoints this toolkit writes."""
@@ -165,8 +166,10 @@ def _mask_token_id(
 
 
 # ----------------------------------------------------------------- helpers shared by the families
-def load_tokenizer(settings: ModelSettings, **kwargs: Any) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(settings.tokenizer or settings.name_or_path, **kwargs)
+def load_tokenizer(settings: ModelSettings, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return load_tokenizer_dir(
+        settings.tokenizer or settings.name_or_path, trust_remote_code=trust_remote_code
+    )
 
 
 def instantiate(

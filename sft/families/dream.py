@@ -7,8 +7,6 @@ with `is_causal = False` instead (FlashAttention, gradient checkpointing and LoR
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
@@ -51,17 +49,4 @@ def dream_config(qwen2: dict[str, Any], template: dict[str, Any] | None = None) 
     return config
 
 
-def tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
-    """Dream ships a `DreamTokenizer` (remote code) that is Qwen2's BPE: load it as Qwen2's."""
-    directory = Path(settings.tokenizer or settings.name_or_path)
-    tokenizer_config = directory / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        declared = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
-        if declared == "DreamTokenizer":
-            from transformers import Qwen2Tokenizer
-
-            return Qwen2Tokenizer.from_pretrained(str(directory))
-    return load_tokenizer(settings, trust_remote_code=False)  # config.json's auto_map is not needed
-
-
-FAMILY = Family(name="dream", shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model)
+FAMILY = Family(name="dream", shift=True, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model)

@@ -275,10 +275,6 @@ def load_model(
     return model
 
 
-def tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
-    """LLaDA's tokenizer is a plain fast tokenizer; its config.json's `auto_map` must not make
-    transformers ask whether to run the remote code."""
-    return load_tokenizer(settings, trust_remote_code=False)
-
-
-FAMILY = Family(name="llada", shift=False, detect=detect, load_tokenizer=tokenizer, load_model=load_model)
+FAMILY = Family(
+    name="llada", shift=False, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model
+)
