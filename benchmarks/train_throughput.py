@@ -130,9 +130,10 @@ def naive_loss(
     logits = objective.shift_logits(
         model(input_ids=noised.noisy_ids, attention_mask=batch["attention_mask"]).logits
     )
-    ce = F.cross_entropy(logits.float().transpose(1, 2), batch["input_ids"], reduction="none")
-    masked = noised.masked
-    return (ce * noised.weights * masked).sum() / batch["maskable"].sum().clamp(min=1)
+    vocab = logits.shape[-1]
+    ce = F.cross_entropy(logits.float().reshape(-1, vocab), batch["input_ids"].reshape(-1), reduction="none")
+    weights = (noised.weights * noised.masked).reshape(-1)
+    return (ce * weights).sum() / batch["maskable"].sum().clamp(min=1)
 
 
 def run_mode(
