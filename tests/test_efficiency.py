@@ -77,3 +77,38 @@ def test_throughput_benchmark_runs_and_prints_its_ratio_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"pack/baseline supervised_tokens_per_s=[\d.]+ peak_mem=[\d.]+", last), last
+
+
+def test_masked_only_head_gives_the_full_logits_loss_and_gradients(qwen2_dir):
+    from sft import objective
+    from sft.config import ModelSettings
+    from sft.families import load_model
+    from sft.prediction_head import enable_prediction_positions
+
+    model = load_model(ModelSettings(name_or_path=str(qwen2_dir))).model
+    enable_prediction_positions(model, chunk_size=7)  # several chunks, recomputed in backward
+    torch.manual_seed(0)
+    ids = torch.randint(4, 200, (3, 20))
+    masked = torch.rand(3, 20) < 0.4
+    masked[:, :3] = False
+    noisy = torch.where(masked, torch.full_like(ids, 3), ids)
+    weights = torch.rand(3, 20)
+    rows, cols = masked.nonzero(as_tuple=True)
+    source = objective.prediction_source(cols, cols, shift=True)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    full = objective.shift_logits(model(input_ids=noisy).logits)[rows, cols]
+    reference = grads(
+        (
+            torch.nn.functional.cross_entropy(full, ids[rows, cols], reduction="none") * weights[rows, cols]
+        ).sum()
+    )
+    ce = model(input_ids=noisy, prediction_positions=(rows, source), prediction_targets=ids[rows, cols])
+    ours = grads((ce * weights[rows, cols]).sum())
+    assert ours[0] == pytest.approx(reference[0], abs=1e-5)
+    for a, b in zip(ours[1], reference[1]):
+        assert torch.allclose(a, b, atol=1e-5)
