@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
 from sft.config import RunConfig
 from sft.evaluate import exact_match
@@ -28,9 +27,6 @@ def ensure_task_files(config: RunConfig) -> None:
 
 
 def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[float, float]:
-    # A ~1M-parameter model trains about twice as fast on one thread as on two: its matrices are
-    # too small for intra-op parallelism to pay for its synchronisation.
-    torch.set_num_threads(1)
     ensure_task_files(config)
     data = prepare_data(config)
     loaded = build_model(config)
