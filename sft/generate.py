@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sft.objective import shift_logits
+
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
@@ -205,7 +207,7 @@ def diffusion_generate(
                 break
             logits = model(input_ids=x, attention_mask=attention, position_ids=position_ids).logits
             if shift:
-                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+                logits = shift_logits(logits)
             confidence, tokens = sample_tokens(logits[candidates], temperature, top_p, top_k, alg, generator)
             t, s = timesteps[i], timesteps[i + 1]
             fraction = 1.0 if i == block_steps - 1 else float(1 - s / t)
