@@ -22,19 +22,20 @@ from sft.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_size(size: str | int) -> int:
-    """Bytes in `5GB`, `500MB`, `2GiB` or a plain number of bytes."""
+def parse_size(size: str | int, *, key: str = "--max-shard-size", plain_unit: int = 1) -> int:
+    """Bytes in `5GB`, `500MB`, `2GiB`, `40G` (K/M/G/T: powers of 1000, with `i`: of 1024), or a
+    plain number of `plain_unit`s."""
     if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", size)
-    if not match or match.group(2).upper() not in _UNITS:
-        raise UserError(
-            f"cannot read the size {size!r}", key="--max-shard-size", expected="e.g. 5GB or 500MB"
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        return size * plain_unit
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?)B?\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"not a memory size: {size!r}", key=key, expected="e.g. 5GB, 500MB or 24GiB")
+    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
+    if not unit:
+        return int(number * plain_unit)
+    return int(number * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1))
 
 
 def shard_files(directory: str | Path) -> list[Path]:

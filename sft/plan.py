@@ -33,13 +33,13 @@ fragmentation: the verdict asks for 10% headroom.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sft import checkpoint_io
 from sft.config import RunConfig
 from sft.errors import UserError
 from sft.objective import HEAD_CHUNK_TOKENS
@@ -522,16 +522,8 @@ def _exists(value: Any) -> bool:
 
 
 def parse_size(text: str) -> float:
-    """`24GiB`, `80GB`, `40G`, `512MiB` or a plain number of GiB → bytes (GB and G read as GiB's
-    decimal cousin: 10^9)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.IGNORECASE)
-    if not match:
-        raise UserError(f"not a memory size: {text!r}", key="--gpu-mem", expected="e.g. 24GiB, 80GB or 40")
-    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
-    if not unit:
-        return number * GIB
-    power = "KMGT".index(unit) + 1
-    return number * (1024**power if binary else 1000**power)
+    """`24GiB`, `80GB`, `40G`, `512MiB` or a plain number of GiB → bytes."""
+    return float(checkpoint_io.parse_size(text, key="--gpu-mem", plain_unit=GIB))
 
 
 def _gib(value: float) -> str:
