@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sft.collate import DiffusionCollator, pack_examples
     from sft.config import DiffusionSFTConfig
-    from sft.families import resolve_attn_implementation
+    from sft.families.base import resolve_attn_implementation
     from sft.trainer import DiffusionSFTTrainer
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"

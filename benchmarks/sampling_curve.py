@@ -20,9 +20,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from sft.checkpoint import load_checkpoint
-from sft.evaluate import exact_match
-from sft.generate import SamplerSettings
+from sft.sampling.evaluate import exact_match
+from sft.sampling.loading import load_for_sampling
+from sft.sampling.sampler import SamplerSettings
 from sft.tasks import sort_digits
 
 HERE = Path(__file__).resolve().parent
@@ -72,7 +72,7 @@ def settings_grid() -> list[Point]:
 
 
 def measure(checkpoint: str, rows: list[dict], points: list[Point], batch_size: int) -> None:
-    loaded = load_checkpoint(checkpoint, device="cpu")
+    loaded = load_for_sampling(checkpoint, device="cpu")
     calls = [0]
     loaded.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     batches = -(-len(rows) // batch_size)

@@ -46,7 +46,7 @@ from sft import objective  # noqa: E402
 from sft.collate import DiffusionCollator, pack_examples  # noqa: E402
 from sft.config import DataSettings, ModelSettings  # noqa: E402
 from sft.data import load_chat_rows, tokenize_dataset  # noqa: E402
-from sft.families import load_model  # noqa: E402
+from sft.families.loader import load_model  # noqa: E402
 from sft.prediction_head import enable_prediction_positions  # noqa: E402
 from sft.trainer import DiffusionSFTTrainer  # noqa: E402
 

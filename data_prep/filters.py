@@ -87,7 +87,7 @@ class TokenCounter:
 
     def __init__(self, tokenizer_path: str, file: str = "") -> None:
         try:
-            from sft.tokenizer_files import load_tokenizer_dir
+            from sft.families.base import load_tokenizer_dir
 
             self.tokenizer = load_tokenizer_dir(tokenizer_path)
         except Exception as exc:  # noqa: BLE001 - missing dir, offline hub id, broken files

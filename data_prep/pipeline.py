@@ -10,7 +10,6 @@ run succeeds, so an interrupted run leaves the old output intact and needs no cl
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import time
@@ -30,12 +29,13 @@ from data_prep.filters import (
     load_eval_prompts,
     source_excluded,
 )
-from data_prep.recipe import Recipe, load_recipe
+from data_prep.recipe import Recipe, load_data_recipe
+from data_prep.report import write_prep_report
 from data_prep.sources import Row, adapt, count_rows, raw_json, read_batches, resolve_files
-from data_prep.writer import RejectWriter, ShardWriter
+from data_prep.writer import ParquetShardWriter, RejectWriter
 from sft.errors import UserError
+from sft.validation import is_hub_id
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MARKER = "stats.json"
 
 
@@ -87,7 +87,7 @@ def _resolve_sources(recipe: Recipe) -> list[list[Path] | None]:
     for index, spec in enumerate(recipe.sources):
         key = f"sources.{index}.path"
         files = resolve_files(spec)
-        if files is None and not _HUB_ID.match(spec.path):
+        if files is None and not is_hub_id(spec.path):
             raise UserError(f"no such file or directory: {spec.path}", file=recipe.path, key=key)
         if files == []:
             raise UserError(
@@ -150,8 +150,8 @@ class _Run:
         self.counter = TokenCounter(f.tokenizer, recipe.path) if f.tokenizer else None
         prompts = load_eval_prompts(f.decontaminate, recipe.path) if f.decontaminate else []
         self.decon = Decontaminator(prompts, f.decontaminate_ngram) if prompts else None
-        self.train = ShardWriter(staging / "train", "train", recipe.shard_rows)
-        self.eval = ShardWriter(staging / "eval", "eval", recipe.shard_rows)
+        self.train = ParquetShardWriter(staging / "train", "train", recipe.shard_rows)
+        self.eval = ParquetShardWriter(staging / "eval", "eval", recipe.shard_rows)
         self.rejects = RejectWriter(staging / "rejects.parquet")
         self.eval_cut = int(recipe.eval_fraction * 2**64)
         self.progress = progress
@@ -270,8 +270,6 @@ def check_identity(stats: dict[str, Any]) -> None:
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Run a validated recipe; returns the stats dict (also written to stats.json)."""
-    from data_prep.report import write_report
-
     started = time.perf_counter()
     resolved = _resolve_sources(recipe)
     output = Path(recipe.output_dir).expanduser()
@@ -288,7 +286,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         )
         check_identity(stats)
         (staging / MARKER).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        write_report(staging, stats, run.acc.lengths, recipe.filters.max_tokens)
+        write_prep_report(staging, stats, run.acc.lengths, recipe.filters.max_tokens)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -316,4 +314,4 @@ def prepare(
     recipe_path: str, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
 ) -> dict[str, Any]:
     """Entry point of `dlm-sft prepare RECIPE.yaml [key=value ...]`; returns the stats dict."""
-    return run_recipe(load_recipe(recipe_path, overrides), progress=progress)
+    return run_recipe(load_data_recipe(recipe_path, overrides), progress=progress)

@@ -1,22 +1,22 @@
 """The data recipe: YAML → validated dataclasses, with dotted `key=value` overrides.
 
-Every mistake (unknown key, wrong type, missing required key) is a `UserError` that names the
-recipe file, the dotted key and, for unknown keys, the closest valid key.
+Validation is the training recipe's (`sft.recipe`): every key is checked against the dataclass
+fields below and every value against its type hint; a mistake is a `UserError` that names the
+recipe file, the dotted key and, for unknown keys, the closest valid key when there is one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal, get_args
 
 from sft.errors import UserError
+from sft.validation import apply_override, build_dataclass, read_mapping
 
-FORMATS = ("auto", "tulu3", "smoltalk", "messages", "sharegpt", "prompt_completion")
+Format = Literal["auto", "tulu3", "smoltalk", "messages", "sharegpt", "prompt_completion"]
+FORMATS = get_args(Format)
 
 
 @dataclass
@@ -27,7 +27,7 @@ class SourceSpec:
     path: str
     config: str | None = None
     split: str = "train"
-    format: str = "auto"
+    format: Format = "auto"
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Recipe:
     eval_fraction: float = 0.01
     shard_rows: int = 100_000
     batch_rows: int = 2048
-    path: str = ""
+    path: str = field(default="", init=False)  # the recipe file, set when loaded
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -67,102 +67,20 @@ class Recipe:
         return data
 
 
-_TOP_KEYS = [f.name for f in dataclasses.fields(Recipe) if f.name != "path"]
-_SOURCE_KEYS = [f.name for f in dataclasses.fields(SourceSpec)]
-_FILTER_KEYS = [f.name for f in dataclasses.fields(FilterSpec)]
-
-
-def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return f"did you mean '{match[0]}'?" if match else ""
-
-
-def _check_keys(data: dict, valid: list[str], where: str, file: str) -> None:
-    for key in data:
-        if key not in valid:
-            dotted = f"{where}.{key}" if where else str(key)
-            raise UserError(
-                f"unknown key; {_closest(str(key), valid)}",
-                file=file,
-                key=dotted,
-                expected="one of " + ", ".join(valid),
-            )
-
-
-def _typed(value: Any, kind: str, key: str, file: str) -> Any:
-    """Check one value against a simple type name: int, float, bool, str, optional-*, list-str."""
-    optional = kind.startswith("optional-")
-    base = kind.removeprefix("optional-")
-    if value is None and optional:
-        return None
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str) and value != "",
-        "list-str": isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }[base]
-    if not ok:
-        words = {
-            "int": "an integer",
-            "float": "a number",
-            "bool": "true or false",
-            "str": "a non-empty string",
-            "list-str": "a list of strings",
-        }[base]
-        words += " or null" if optional else ""
-        raise UserError(f"wrong type {type(value).__name__}", file=file, key=key, expected=words)
-    return float(value) if base == "float" else value
-
-
-_SOURCE_TYPES = {"name": "str", "path": "str", "config": "optional-str", "split": "str", "format": "str"}
-_FILTER_TYPES = {
-    "malformed": "bool",
-    "exact_dedup": "bool",
-    "max_tokens": "optional-int",
-    "tokenizer": "optional-str",
-    "near_dedup": "bool",
-    "near_dedup_threshold": "float",
-    "near_dedup_num_perm": "int",
-    "decontaminate": "list-str",
-    "decontaminate_ngram": "int",
-    "include_sources": "list-str",
-    "exclude_sources": "list-str",
-}
-_TOP_TYPES = {
-    "output_dir": "str",
-    "seed": "int",
-    "eval_fraction": "float",
-    "shard_rows": "int",
-    "batch_rows": "int",
-}
-
-
 def _source(data: Any, index: int, file: str) -> SourceSpec:
     where = f"sources.{index}"
     if not isinstance(data, dict):
         raise UserError("must be a mapping", file=file, key=where, expected="{name, path, ...}")
-    _check_keys(data, _SOURCE_KEYS, where, file)
     for required in ("name", "path"):
-        if required not in data:
-            raise UserError("missing", file=file, key=f"{where}.{required}", expected="a string")
-    values = {k: _typed(v, _SOURCE_TYPES[k], f"{where}.{k}", file) for k, v in data.items()}
-    spec = SourceSpec(**values)
-    if spec.format not in FORMATS:
-        raise UserError(
-            f"unknown format '{spec.format}'; {_closest(spec.format, list(FORMATS))}",
-            file=file,
-            key=f"{where}.format",
-            expected="one of " + ", ".join(FORMATS),
-        )
-    return spec
+        if not data.get(required):
+            raise UserError("missing", file=file, key=f"{where}.{required}", expected="a non-empty string")
+    return build_dataclass(SourceSpec, data, where, file)
 
 
 def recipe_from_dict(data: Any, file: str) -> Recipe:
     """Validate a parsed recipe mapping and build the dataclasses."""
     if not isinstance(data, dict):
         raise UserError("a recipe must be a YAML mapping", file=file)
-    _check_keys(data, _TOP_KEYS, "", file)
     for required in ("sources", "output_dir"):
         if required not in data:
             raise UserError("missing required key", file=file, key=required)
@@ -176,9 +94,7 @@ def recipe_from_dict(data: Any, file: str) -> Recipe:
     filters = data.get("filters") or {}
     if not isinstance(filters, dict):
         raise UserError("must be a mapping", file=file, key="filters")
-    _check_keys(filters, _FILTER_KEYS, "filters", file)
-    fvalues = {k: _typed(v, _FILTER_TYPES[k], f"filters.{k}", file) for k, v in filters.items()}
-    fspec = FilterSpec(**fvalues)
+    fspec = build_dataclass(FilterSpec, filters, "filters", file)
     if (fspec.max_tokens is None) != (fspec.tokenizer is None):
         raise UserError(
             "the token-length filter needs both keys",
@@ -190,8 +106,9 @@ def recipe_from_dict(data: Any, file: str) -> Recipe:
         raise UserError(
             "out of range", file=file, key="filters.near_dedup_threshold", expected="0 < threshold <= 1"
         )
-    top = {k: _typed(v, _TOP_TYPES[k], k, file) for k, v in data.items() if k in _TOP_TYPES}
-    recipe = Recipe(sources=specs, filters=fspec, path=file, **top)
+    top = {k: v for k, v in data.items() if k not in ("sources", "filters")}
+    recipe = build_dataclass(Recipe, {**top, "sources": specs, "filters": fspec}, "", file)
+    recipe.path = file
     if not 0.0 <= recipe.eval_fraction < 1.0:
         raise UserError("out of range", file=file, key="eval_fraction", expected="0 <= x < 1")
     if recipe.shard_rows < 1 or recipe.batch_rows < 1:
@@ -199,55 +116,10 @@ def recipe_from_dict(data: Any, file: str) -> Recipe:
     return recipe
 
 
-def apply_override(data: dict, override: str, file: str) -> None:
-    """Apply one dotted `key=value` (value parsed as YAML); list items are addressed by index."""
-    if "=" not in override:
-        raise UserError(f"override '{override}' has no '='", file=file, expected="key=value")
-    dotted, _, text = override.partition("=")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"cannot parse value: {exc}".splitlines()[0], file=file, key=dotted) from exc
-    parts = dotted.strip().split(".")
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(
-                    "no such list item", file=file, key=where, expected=f"an index below {len(node)}"
-                )
-            node = node[int(part)]
-        else:
-            if part not in node or node[part] is None:
-                node[part] = {}
-            node = node[part]
-        if not isinstance(node, (dict, list)):
-            raise UserError("is not a mapping", file=file, key=where)
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise UserError("no such list item", file=file, key=dotted)
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe YAML, apply overrides, validate."""
+def load_data_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a data recipe YAML, apply overrides, validate."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read recipe: {exc.strerror}", file=file) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"invalid YAML: {exc}".replace("\n", " "), file=file) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError("a recipe must be a YAML mapping", file=file)
+    data = read_mapping(file, "a data recipe: sources, filters, output_dir, ...")
     for override in overrides:
         apply_override(data, override, file)
     return recipe_from_dict(data, file)

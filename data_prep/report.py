@@ -71,7 +71,7 @@ def _plots(
     return names
 
 
-def write_report(
+def write_prep_report(
     output: Path, stats: dict[str, Any], lengths: dict[str, array], max_tokens: int | None
 ) -> None:
     """Write report.md and plots/ (lengths.png, drops.png) into `output`."""

@@ -28,7 +28,7 @@ REJECT_SCHEMA = pa.schema(
 )
 
 
-class ShardWriter:
+class ParquetShardWriter:
     """Writes rows of one split into numbered parquet shards."""
 
     def __init__(self, directory: Path, split: str, shard_rows: int) -> None:

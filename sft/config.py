@@ -156,7 +156,7 @@ class ModelSettings:
     """
 
     name_or_path: str = ""
-    family: Literal["auto", "dream", "llada", "ar", "remote"] = "auto"
+    family: str = "auto"
     trust_remote_code: bool = False
     tokenizer: str | None = None
     from_scratch: bool = False

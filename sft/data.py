@@ -65,8 +65,9 @@ def data_files(path: str) -> tuple[str, list[str]]:
     raise UserError("data path not found", file=path, expected="an existing file or directory")
 
 
-def load_chat_rows(paths: str | list[str]) -> datasets.Dataset:
-    """Load chat rows from files/directories, keeping only the conversation columns."""
+def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
+    """Load chat rows from files/directories, keeping only the conversation columns (and those of
+    `extra_columns` that a file has, e.g. `source` for task scoring)."""
     parts = []
     for path in [paths] if isinstance(paths, str) else paths:
         if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
@@ -89,13 +90,14 @@ def load_chat_rows(paths: str | list[str]) -> datasets.Dataset:
             finally:
                 datasets.logging.set_verbosity(verbosity)
         columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
+        extra = [c for c in extra_columns if c in loaded.column_names]
         if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
             raise UserError(
                 f"no conversation columns (has {', '.join(loaded.column_names)})",
                 file=path,
                 expected="a 'messages' column or 'prompt' and 'completion'",
             )
-        parts.append(loaded.select_columns(columns))
+        parts.append(loaded.select_columns(columns + extra))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

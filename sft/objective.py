@@ -236,6 +236,7 @@ class NoisedBatch:
     masked: torch.Tensor  # (B, L) bool
     t: torch.Tensor  # (B, L) each token's document time
     weights: torch.Tensor  # (B, L) float32 loss weight of each position (used where masked)
+    doc_t: torch.Tensor  # (D,) each document's time
 
 
 def add_noise(
@@ -264,4 +265,39 @@ def add_noise(
     clean = (doc_ids >= 0) & ~masked
     weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
     weights = weights * eos_tail_factor(masked, tail, doc_ids, n_docs, tail_as_one)
-    return NoisedBatch(noisy, masked, t, weights)
+    return NoisedBatch(noisy, masked, t, weights, doc_t)
+
+
+def masked_loss(
+    noised: NoisedBatch,
+    token_ce: torch.Tensor,
+    doc_ids: torch.Tensor,
+    supervised: torch.Tensor,
+    normalization: Normalization,
+    denominator: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of the module docstring: Σ_docs scale_d · Σ_{j masked} w_j · CE_j ÷ denominator.
+
+    `token_ce` (N,) is the cross-entropy at the masked positions in `noised.masked.nonzero()` order;
+    `supervised` (D,) each document's supervised tokens. `denominator` is the global batch's (see
+    `doc_denominator`, at least 1); None uses this batch's own (evaluation)."""
+    rows, cols = noised.masked.nonzero(as_tuple=True)
+    scale = doc_loss_scale(supervised, normalization)
+    total = (token_ce * noised.weights[rows, cols] * scale[doc_ids[rows, cols]]).sum()
+    if denominator is None:
+        denominator = doc_denominator(supervised, normalization).sum().clamp(min=1)
+    return total / denominator
+
+
+def noise_stats(noised: NoisedBatch, tail: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
+    """Sums to log (add them over ranks, then divide): [masked tokens, Σ document t, documents,
+    EOS-tail tokens, maskable tokens]."""
+    return torch.stack(
+        [
+            noised.masked.sum().float(),
+            noised.doc_t.float().sum(),
+            torch.tensor(float(noised.doc_t.shape[0]), device=noised.doc_t.device),
+            tail.sum().float(),
+            maskable.sum().float(),
+        ]
+    ).detach()

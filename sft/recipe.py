@@ -12,15 +12,10 @@ the dotted key and what was expected, with the closest valid key for typos.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import re
-import types
+import importlib.resources
 import typing
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from sft.config import (
     DIFFUSION_FIELDS,
@@ -32,54 +27,92 @@ from sft.config import (
     RunConfig,
 )
 from sft.errors import UserError
+from sft.families import FAMILIES
+from sft.validation import (
+    apply_override,
+    build_dataclass,
+    check_type,
+    first_line,
+    is_hub_id,
+    read_mapping,
+    suggest,
+)
 
 SECTIONS = ("model", "data", "diffusion", "lora", "training")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SECRET_FIELDS = ("hub_token",)
 """TrainingArguments fields holding credentials: refused in recipes, since transformers pickles the
 arguments into `training_args.bin` next to every checkpoint."""
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a recipe file, apply `section.key=value` overrides and validate everything."""
-    file = str(path)
-    if not Path(file).is_file():
-        raise UserError("recipe file not found", file=file, expected="a YAML recipe file")
-    try:
-        raw = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"not valid YAML: {_first_line(err)}", file=file) from None
-    if not isinstance(raw, dict):
-        raise UserError(
-            "the recipe must be a mapping of sections",
-            file=file,
-            expected=f"sections {', '.join(SECTIONS)}",
-        )
+def shipped_recipes() -> Path:
+    """The recipes shipped with the package (the repository's top-level `recipes/`, mapped into the
+    wheel as `sft.recipes`)."""
+    return Path(str(importlib.resources.files("sft.recipes")))
+
+
+def locate(path: str | Path) -> str:
+    """`path` as given when it exists; else, for a `recipes/...` path, the shipped copy (so recipes
+    and the files they name resolve from any directory once the package is installed)."""
+    text = str(path)
+    if Path(text).exists() or not text.startswith("recipes/"):
+        return text
+    shipped = shipped_recipes() / text.removeprefix("recipes/")
+    return str(shipped) if shipped.exists() else text
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, require_data: bool = True
+) -> RunConfig:
+    """Read a recipe file, apply `section.key=value` overrides and validate everything.
+
+    `require_data=False` (for `dlm-sft plan`, which sizes a run before its data or GPUs exist) accepts
+    data paths not on disk yet and bf16/fp16 on a machine without a GPU; all else is checked as for
+    training."""
+    file = locate(path)
+    raw = read_mapping(file, f"a YAML recipe with sections {', '.join(SECTIONS)}")
     for override in overrides:
+        _check_section(override, file)
         apply_override(raw, override, file)
-    return build_run_config(raw, file)
+    if require_data:
+        return build_run_config(raw, file)
+    return _build_without_data_or_gpu(raw, file)
 
 
-def apply_override(raw: dict[str, Any], override: str, file: str) -> None:
-    """Set `section.key=value` (value parsed as YAML) in the raw recipe dict."""
-    key, sep, value = override.partition("=")
+def _build_without_data_or_gpu(raw: dict[str, Any], file: str) -> RunConfig:
+    data = _located(raw["data"], ("train", "eval")) if isinstance(raw.get("data"), dict) else {}
+    missing = {k: data[k] for k in ("train", "eval") if data.get(k) and not _all_exist(data[k])}
+    # TrainingArguments refuses bf16/fp16 without a GPU: validate without them, then set them back
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    precision = {k: training[k] for k in ("bf16", "fp16") if training.get(k) is True}
+    checked = {
+        **raw,
+        "data": {**data, **dict.fromkeys(missing, file)},
+        "training": {**training, **dict.fromkeys(precision, False)},
+    }
+    config = build_run_config(checked, file)
+    for key, value in missing.items():
+        setattr(config.data, key, value)
+    for key, value in precision.items():
+        setattr(config.training, key, value)
+    return config
+
+
+def _all_exist(value: Any) -> bool:
+    return all(Path(str(p)).exists() for p in ([value] if isinstance(value, str) else value or []))
+
+
+def _check_section(override: str, file: str) -> None:
+    key, sep, _ = override.partition("=")
     if not sep or "." not in key:
         raise UserError(f"bad override {override!r}", file=file, expected="section.key=value")
-    section, _, name = key.partition(".")
+    section = key.partition(".")[0]
     if section not in SECTIONS:
         raise UserError(
-            f"unknown section {section!r}{_suggest(section, SECTIONS)}",
+            f"unknown section {section!r}{suggest(section, SECTIONS)}",
             file=file,
             key=key,
             expected=f"one of {', '.join(SECTIONS)}",
         )
-    target = raw.get(section)
-    if not isinstance(target, dict):
-        target = raw[section] = {}
-    try:
-        target[name] = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        target[name] = value
 
 
 def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
@@ -87,15 +120,21 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
     for section in raw:
         if section not in SECTIONS:
             raise UserError(
-                f"unknown section{_suggest(section, SECTIONS)}",
+                f"unknown section{suggest(section, SECTIONS)}",
                 file=file,
                 key=section,
                 expected=f"one of {', '.join(SECTIONS)}",
             )
-    model = _build(ModelSettings, _section(raw, "model", file), "model", file)
-    data = _build(DataSettings, _section(raw, "data", file), "data", file)
+    model = build_dataclass(
+        ModelSettings, _located(_section(raw, "model", file), ("name_or_path", "tokenizer")), "model", file
+    )
+    data = build_dataclass(
+        DataSettings, _located(_section(raw, "data", file), ("train", "eval")), "data", file
+    )
     lora_raw = raw.get("lora")
-    lora = None if lora_raw is None else _build(LoraSettings, _section(raw, "lora", file), "lora", file)
+    lora = (
+        None if lora_raw is None else build_dataclass(LoraSettings, _section(raw, "lora", file), "lora", file)
+    )
     training = _build_training(_section(raw, "training", file), _section(raw, "diffusion", file), file)
     _check_model_and_data(model, data, file)
     if data.batching == "pack" and training.eos_tail in ("all", "one"):
@@ -115,6 +154,18 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
     )
 
 
+def _located(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The section with its `recipes/...` paths resolved (`locate`)."""
+    located = dict(section)
+    for key in keys:
+        value = section.get(key)
+        if isinstance(value, str):
+            located[key] = locate(value)
+        elif isinstance(value, list):
+            located[key] = [locate(v) if isinstance(v, str) else v for v in value]
+    return located
+
+
 def _section(raw: dict[str, Any], name: str, file: str) -> dict[str, Any]:
     value = raw.get(name) or {}
     if not isinstance(value, dict):
@@ -125,21 +176,6 @@ def _section(raw: dict[str, Any], name: str, file: str) -> dict[str, Any]:
             expected="key: value pairs",
         )
     return value
-
-
-def _build(cls: type, values: dict[str, Any], section: str, file: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key, value in values.items():
-        if key not in hints:
-            raise UserError(
-                f"unknown key{_suggest(key, names)}",
-                file=file,
-                key=f"{section}.{key}",
-                expected=f"one of {', '.join(names)}",
-            )
-        values[key] = _check_type(value, hints[key], file, f"{section}.{key}")
-    return cls(**values)
 
 
 def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: str) -> DiffusionSFTConfig:
@@ -154,12 +190,12 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         if key not in DIFFUSION_FIELDS:
             hint = " (a training setting: put it under training:)" if key in training_names else ""
             raise UserError(
-                f"unknown key{hint}{_suggest(key, DIFFUSION_FIELDS)}",
+                f"unknown key{hint}{suggest(key, DIFFUSION_FIELDS)}",
                 file=file,
                 key=f"diffusion.{key}",
                 expected=f"one of {', '.join(DIFFUSION_FIELDS)}",
             )
-        diffusion[key] = _check_type(value, hints[key], file, f"diffusion.{key}")
+        diffusion[key] = check_type(value, hints[key], file, f"diffusion.{key}")
     for key, value in training.items():
         if key in SECRET_FIELDS:  # checked first: the value must not reach any message or file
             raise UserError(
@@ -177,87 +213,39 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
             raise UserError("set elsewhere", file=file, key=f"training.{key}", expected=f"{where} instead")
         if key not in hints:
             raise UserError(
-                f"unknown key{_suggest(key, training_names)}",
+                f"unknown key{suggest(key, training_names)}",
                 file=file,
                 key=f"training.{key}",
                 expected="a transformers TrainingArguments / trl SFTConfig field",
             )
-        training[key] = _check_type(value, hints[key], file, f"training.{key}")
+        training[key] = check_type(value, hints[key], file, f"training.{key}")
     kwargs = {"output_dir": "runs/" + Path(file).stem, **training, **diffusion}
     try:
         return DiffusionSFTConfig(**kwargs)
     except (ValueError, TypeError) as err:
-        raise UserError(f"invalid training settings: {_first_line(err)}", file=file, key="training") from None
-
-
-def _check_type(value: Any, hint: Any, file: str, key: str) -> Any:
-    """Return `value` if it fits `hint`; YAML 1.1 reads `2e-6` as a string, so a numeric string is
-    accepted where a float is expected."""
-    if _matches(value, hint):
-        return value
-    if isinstance(value, str) and _matches(1.5, hint):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise UserError(
-        f"wrong type: got {value!r} ({type(value).__name__})", file=file, key=key, expected=_describe(hint)
-    )
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any or isinstance(hint, typing.TypeVar):
-        return True
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        if issubclass(hint, str) or hint.__module__ != "builtins":  # str enums, paths, ...
-            return isinstance(value, (str, hint))
-        return isinstance(value, hint)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    return getattr(hint, "__name__", str(hint))
+        raise UserError(f"invalid training settings: {first_line(err)}", file=file, key="training") from None
 
 
 def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -> None:
+    if model.family != "auto" and model.family not in FAMILIES:
+        raise UserError(
+            f"unknown family {model.family!r}{suggest(model.family, FAMILIES)}",
+            file=file,
+            key="model.family",
+            expected=f"auto or one of {', '.join(FAMILIES)}",
+        )
     if not model.name_or_path:
         raise UserError(
             "missing", file=file, key="model.name_or_path", expected="a model directory or hub id"
         )
-    if not Path(model.name_or_path).exists() and not _HUB_ID.match(model.name_or_path):
+    if not Path(model.name_or_path).exists() and not is_hub_id(model.name_or_path):
         raise UserError(
             f"model directory not found: {model.name_or_path}",
             file=file,
             key="model.name_or_path",
             expected="an existing directory or a hub id",
         )
-    if model.tokenizer and not Path(model.tokenizer).exists() and not _HUB_ID.match(model.tokenizer):
+    if model.tokenizer and not Path(model.tokenizer).exists() and not is_hub_id(model.tokenizer):
         raise UserError(
             f"tokenizer directory not found: {model.tokenizer}",
             file=file,
@@ -283,12 +271,3 @@ def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -
             key="data.max_length",
             expected="an integer >= 2",
         )
-
-
-def _suggest(key: str, options: Any) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

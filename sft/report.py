@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import UserError
+from sft.run import complete_checkpoints
 
 
 @dataclass
@@ -36,8 +37,6 @@ class RunHistory:
 
 def read_history(run_dir: str | Path) -> RunHistory:
     """The newest trainer_state.json of a run directory (or of a checkpoint directory given directly)."""
-    from sft.train import complete_checkpoints
-
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError("run directory not found", file=str(root), expected="a training output_dir")
@@ -124,7 +123,7 @@ def plot(history: RunHistory, output: Path) -> Path:
     return output
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None) -> str:
+def write_run_report(run_dir: str | Path, output: str | Path | None = None) -> str:
     """Write the PNG (default RUN_DIR/report.png) and return the printed summary."""
     history = read_history(run_dir)
     if not history.log_history:

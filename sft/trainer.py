@@ -100,20 +100,46 @@ class DiffusionSFTTrainer(SFTTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> Any:
-        args = self.args
-        training = model.training
-        ids, docs, doc_ids = inputs["input_ids"], inputs["example_ids"], inputs["doc_ids"]
+        args, training = self.args, model.training
+        ids, doc_ids = inputs["input_ids"], inputs["doc_ids"]
+        noised = self._add_noise(inputs, training)
+        rows, cols = noised.masked.nonzero(as_tuple=True)
+        source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
+        config = self.accelerator.unwrap_model(model).config
+        # the forward is patched (sft/prediction_head.py): the LM head runs only at `source` and the
+        # model returns the cross-entropy against `prediction_targets` there, (N,)
+        token_ce = model(
+            input_ids=noised.noisy_ids,
+            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            prediction_positions=(rows, source),
+            prediction_targets=ids[rows, cols],
+        )
+        denominator = None
+        if training and num_items_in_batch is not None:
+            # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
+            denominator = num_items_in_batch.clamp(min=1) / self.accelerator.num_processes
+        loss = objective.masked_loss(
+            noised, token_ce, doc_ids, inputs["supervised"], args.loss_normalization, denominator
+        )
+        stats = objective.noise_stats(noised, inputs["tail"], inputs["maskable"])
+        self._log_noise_stats("train" if training else "eval", stats)
+        return (loss, {"token_ce": token_ce}) if return_outputs else loss
+
+    def _add_noise(self, inputs: dict[str, torch.Tensor], training: bool) -> objective.NoisedBatch:
+        """Training draws each document's t and noise from (seed, step, example id); evaluation uses a
+        fixed t grid and seed, so eval loss is deterministic."""
+        args, docs = self.args, inputs["example_ids"]
         if training:
             keys = objective.example_keys(args.seed, self.state.global_step, docs)
             t = objective.sample_t(keys, args.t_min)
         else:
             keys = objective.example_keys(args.eval_seed, 0, docs)
             t = objective.grid_t(docs, args.eval_t_grid, args.t_min)
-        noised = objective.add_noise(
-            ids,
+        return objective.add_noise(
+            inputs["input_ids"],
             inputs["maskable"],
             inputs["tail"],
-            doc_ids,
+            inputs["doc_ids"],
             inputs["positions"],
             t,
             keys,
@@ -122,43 +148,14 @@ class DiffusionSFTTrainer(SFTTrainer):
             cart_p=args.cart_p,
             tail_as_one=args.eos_tail == "one",
         )
-        rows, cols = noised.masked.nonzero(as_tuple=True)
-        source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
-        config = self.accelerator.unwrap_model(model).config
-        token_ce = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
-            prediction_positions=(rows, source),
-            prediction_targets=ids[rows, cols],
-        )
-        scale = objective.doc_loss_scale(inputs["supervised"], args.loss_normalization)
-        total = (token_ce * noised.weights[rows, cols] * scale[doc_ids[rows, cols]]).sum()
-        if training and num_items_in_batch is not None:
-            # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
-            loss = total / num_items_in_batch.clamp(min=1) * self.accelerator.num_processes
-        else:
-            denominator = objective.doc_denominator(inputs["supervised"], args.loss_normalization)
-            loss = total / denominator.sum().clamp(min=1)
-        self._log_noise_stats("train" if training else "eval", noised, inputs)
-        return (loss, {"token_ce": token_ce}) if return_outputs else loss
 
     def _compute_dtype(self) -> torch.dtype:
         if self.args.bf16:
             return torch.bfloat16
         return torch.float16 if self.args.fp16 else next(self.model.parameters()).dtype
 
-    def _log_noise_stats(self, mode: str, noised: objective.NoisedBatch, inputs: dict) -> None:
+    def _log_noise_stats(self, mode: str, sums: torch.Tensor) -> None:
         """Masked tokens (summed over ranks), mean t and the EOS tail's share of maskable tokens."""
-        n_docs = inputs["example_ids"].shape[0]
-        sums = torch.stack(
-            [
-                noised.masked.sum().float(),
-                t_of_docs(noised.t, inputs["doc_ids"], n_docs).sum(),
-                torch.tensor(float(n_docs), device=noised.t.device),
-                inputs["tail"].sum().float(),
-                inputs["maskable"].sum().float(),
-            ]
-        ).detach()
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.gather(sums[None]).sum(dim=0)
         masked, t_sum, docs, tail, maskable = sums.tolist()
@@ -173,14 +170,6 @@ class DiffusionSFTTrainer(SFTTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-
-def t_of_docs(token_t: torch.Tensor, doc_ids: torch.Tensor, n_docs: int) -> torch.Tensor:
-    """Each document's t, read back from its tokens (for logging)."""
-    t = torch.zeros(n_docs, dtype=torch.float32, device=token_t.device)
-    real = doc_ids >= 0
-    t[doc_ids[real]] = token_t[real].float()
-    return t
 
 
 class TrainingDiverged(UserError):

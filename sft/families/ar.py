@@ -20,9 +20,33 @@ from transformers import (
 
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import Family, instantiate, load_tokenizer
+from sft.families.base import Family, instantiate, load_tokenizer
 
 MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM, "llama": LlamaForCausalLM}
+
+
+def _qwen2(
+    vocab: int, hidden: int, layers: int, heads: int, kv: int, inter: int, tied: bool
+) -> dict[str, Any]:
+    return {
+        "model_type": "qwen2",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "intermediate_size": inter,
+        "tie_word_embeddings": tied,
+        "torch_dtype": "bfloat16",
+    }
+
+
+KNOWN_CONFIGS = {
+    "Qwen/Qwen2.5-0.5B": _qwen2(151936, 896, 24, 14, 2, 4864, True),
+    "Qwen/Qwen2.5-1.5B": _qwen2(151936, 1536, 28, 12, 2, 8960, True),
+    "Qwen/Qwen2.5-3B": _qwen2(151936, 2048, 36, 16, 2, 11008, True),
+    "Qwen/Qwen2.5-7B": _qwen2(152064, 3584, 28, 28, 4, 18944, False),
+}
 
 
 def detect(config: dict[str, Any]) -> bool:
@@ -53,4 +77,11 @@ def load_model(
     return model
 
 
-FAMILY = Family(name="ar", shift=True, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model)
+FAMILY = Family(
+    name="ar",
+    shift=True,
+    detect=detect,
+    load_tokenizer=load_tokenizer,
+    load_model=load_model,
+    known_configs=KNOWN_CONFIGS,
+)

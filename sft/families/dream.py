@@ -3,6 +3,7 @@
 Dream's config.json says `model_type: Dream` and points at remote code that hard-codes SDPA and
 breaks peft; the weights use Qwen2's names, so they load into transformers' own `Qwen2ForCausalLM`
 with `is_causal = False` instead (FlashAttention, gradient checkpointing and LoRA then just work).
+Export writes Dream's config.json back (`release_config`); the weight names need no change.
 """
 
 from __future__ import annotations
@@ -12,23 +13,44 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from sft.config import ModelSettings
-from sft.families import Family, instantiate, load_tokenizer
+from sft.families.base import FAMILY_KEY, Family, instantiate, load_tokenizer
 
 _REMOTE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
 # Keys of transformers' own configs that Dream's remote `DreamConfig` does not use
 _NATIVE_ONLY = ("rope_parameters", "layer_types", "is_causal", "dtype", "dlm_family", "_name_or_path")
 
+_DREAM_7B = {  # Qwen2.5-7B's shape (SPEC §3)
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "intermediate_size": 18944,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+KNOWN_CONFIGS = {"Dream-org/Dream-v0-Base-7B": _DREAM_7B, "Dream-org/Dream-v0-Instruct-7B": _DREAM_7B}
+
 
 def detect(config: dict[str, Any]) -> bool:
     return str(config.get("model_type", "")).lower() == "dream"
 
 
+def qwen2_config(config: dict[str, Any]) -> Qwen2Config:
+    """transformers' Qwen2 config for a Dream config.json."""
+    return Qwen2Config(**{k: v for k, v in config.items() if k not in _REMOTE_KEYS})
+
+
+def native_config(config: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    return {**qwen2_config(config).to_dict(), FAMILY_KEY: "dream"}
+
+
 def load_model(
     settings: ModelSettings, config: dict[str, Any], tokenizer: PreTrainedTokenizerBase
 ) -> PreTrainedModel:
-    qwen2_config = Qwen2Config(**{k: v for k, v in config.items() if k not in _REMOTE_KEYS})
-    return instantiate(Qwen2ForCausalLM, qwen2_config, settings)
+    return instantiate(Qwen2ForCausalLM, qwen2_config(config), settings)
 
 
 def dream_config(qwen2: dict[str, Any], template: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -49,4 +71,15 @@ def dream_config(qwen2: dict[str, Any], template: dict[str, Any] | None = None) 
     return config
 
 
-FAMILY = Family(name="dream", shift=True, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model)
+FAMILY = Family(
+    name="dream",
+    shift=True,
+    detect=detect,
+    load_tokenizer=load_tokenizer,
+    load_model=load_model,
+    is_release_layout=detect,
+    release_model_type="qwen2",
+    native_config=native_config,
+    release_config=dream_config,
+    known_configs=KNOWN_CONFIGS,
+)

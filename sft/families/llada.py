@@ -20,18 +20,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import (
-    Family,
-    instantiate,
-    load_tokenizer,
-    require_safetensors,
-    resolve_attn_implementation,
-)
+from sft.families.base import FAMILY_KEY, Family, instantiate, load_tokenizer, token_id
 
 MASK_TOKEN = "<|mdm_mask|>"
 MASK_TOKEN_ID = 126336  # LLaDA-8B's mask token, used when neither config nor tokenizer name one
@@ -116,6 +109,28 @@ def detect(config: dict[str, Any]) -> bool:
 def is_llada_layout(config: dict[str, Any]) -> bool:
     """Is this config.json LLaDA's own (OLMo-style) layout rather than LLaMA's?"""
     return detect(config) and "d_model" in config
+
+
+def native_config(config: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """transformers' Llama config (as a dict) for a LLaDA-layout config.json."""
+    values = LlamaConfig(**llama_config(config, source)).to_dict()
+    values["torch_dtype"] = config.get("torch_dtype", "bfloat16")
+    return {**values, FAMILY_KEY: "llada"}
+
+
+_LLADA_8B = {  # d_model 4096, 32 layers, 32 heads (no GQA), mlp_hidden_size 12288, embedding_size 126464
+    "model_type": "llama",
+    "vocab_size": 126464,
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "intermediate_size": 12288,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+KNOWN_CONFIGS = {"GSAI-ML/LLaDA-8B-Base": _LLADA_8B, "GSAI-ML/LLaDA-8B-Instruct": _LLADA_8B}
 
 
 # ------------------------------------------------------------------------------------ weight names
@@ -233,6 +248,8 @@ def llada_config(llama: dict[str, Any], template: dict[str, Any] | None = None) 
     for key in ("eos_token_id", "pad_token_id", "bos_token_id", "mask_token_id"):
         if llama.get(key) is not None:
             config[key] = llama[key]
+    if llama.get("dtype") is not None:
+        config["torch_dtype"] = str(llama["dtype"]).removeprefix("torch.")
     return config
 
 
@@ -251,30 +268,36 @@ def load_model(
         return instantiate(LlamaForCausalLM, AutoConfig.from_pretrained(settings.name_or_path), settings)
     values = llama_config(config, f"{settings.name_or_path}/config.json")
     if "mask_token_id" not in values:
-        token_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-        known = token_id is not None and token_id != tokenizer.unk_token_id
-        values["mask_token_id"] = int(token_id) if known else MASK_TOKEN_ID
+        found = token_id(tokenizer, MASK_TOKEN)
+        values["mask_token_id"] = MASK_TOKEN_ID if found is None else found
     model_config = LlamaConfig(**values)
     if settings.from_scratch:
         return instantiate(LlamaForCausalLM, model_config, settings)
-    model_config.is_causal = False
-    attn = resolve_attn_implementation(settings.attn_implementation)
-    model_config._attn_implementation = attn
-    require_safetensors(settings.name_or_path)
-    model = LlamaForCausalLM.from_pretrained(
-        settings.name_or_path,
-        config=model_config,
-        dtype="auto" if settings.dtype == "auto" else getattr(torch, settings.dtype),
-        attn_implementation=attn,
-        key_mapping=key_mapping(),
-        use_safetensors=True,
-    )
+    model = instantiate(LlamaForCausalLM, model_config, settings, key_mapping=key_mapping())
     # transformers remembers the renaming and would undo it in save_pretrained; a trained LLaDA is saved
-    # in LLaMA's names (its config.json says llama), so forget it. `sft.export` writes LLaDA's names back.
+    # in LLaMA's names (its config.json says llama), so forget it. Export writes LLaDA's names back.
     model._weight_conversions = None
     return model
 
 
+def _native_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """Either LLaDA layout: the release's (converted) or LLaMA's as this toolkit saves it."""
+    return native_config(config, source) if is_llada_layout(config) else dict(config)
+
+
 FAMILY = Family(
-    name="llada", shift=False, detect=detect, load_tokenizer=load_tokenizer, load_model=load_model
+    name="llada",
+    shift=False,
+    detect=detect,
+    load_tokenizer=load_tokenizer,
+    load_model=load_model,
+    is_release_layout=is_llada_layout,
+    release_model_type="llama",
+    native_config=_native_config,
+    release_config=llada_config,
+    native_name=to_llama_name,
+    release_name=to_llada_name,
+    mask_tokens=(MASK_TOKEN,),
+    known_configs=KNOWN_CONFIGS,
+    generation_defaults={"block_length": 32, "remasking": "low_confidence"},  # LLaDA's semi-AR sampling
 )

@@ -12,12 +12,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import Family, load_tokenizer, require_safetensors
+from sft.families.base import Family, load_tokenizer, require_safetensors, torch_dtype
 
 
 def detect(config: dict[str, Any]) -> bool:
@@ -50,7 +49,7 @@ def load_model(
     _require_opt_in(settings)
     auto_map = config.get("auto_map") or {}
     model_class = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map else AutoModel
-    dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
+    dtype = torch_dtype(settings)
     if settings.from_scratch:
         model_config = AutoConfig.from_pretrained(settings.name_or_path, trust_remote_code=True)
         model = model_class.from_config(model_config, trust_remote_code=True)

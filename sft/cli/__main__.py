@@ -1,0 +1,5 @@
+import sys
+
+from sft.cli.main import main
+
+sys.exit(main())

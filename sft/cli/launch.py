@@ -1,0 +1,144 @@
+"""`dlm-sft train RECIPE --accelerate NAME`: run the same training under `accelerate launch`.
+
+NAME is one of the configs shipped in `recipes/accelerate/` (`ddp`, `fsdp`, `zero2`, `zero3`) or a
+path to any accelerate config YAML. The command re-invokes this CLI in every process:
+
+    accelerate launch --config_file CFG --num_processes N -m sft.cli train RECIPE [overrides ...]
+
+N defaults to the number of visible GPUs. Without GPUs (and with `--num-processes N >= 2`) a DDP
+config runs N CPU processes over gloo: accelerate's own `--cpu` flag would silently start only one,
+so the multi-GPU launcher is used with `--mixed_precision no --dynamo_backend no`, which starts N
+processes on any device, and `training.use_cpu=true` is added (without it accelerate sees no CUDA
+and each process silently trains alone). FSDP and DeepSpeed need GPUs: on CPU accelerate silently
+turns FSDP into DDP, and DeepSpeed's CPU backend hangs at start. Multi-node runs add accelerate's
+`--num_machines`, `--machine_rank`, `--main_process_ip` and `--main_process_port` to the printed line
+(docs/distributed.md, scripts/slurm_multinode.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sft.errors import UserError
+from sft.recipe import shipped_recipes
+
+CONFIG_DIR = shipped_recipes() / "accelerate"
+ENGINES = ("ddp", "fsdp", "zero2", "zero3")
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A shipped config by name, or an existing accelerate config YAML by path."""
+    if name_or_path in ENGINES:
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or os.sep in name_or_path:
+        if not path.is_file():
+            raise UserError(
+                "accelerate config file not found",
+                file=name_or_path,
+                key="--accelerate",
+                expected=f"one of {', '.join(ENGINES)} or an accelerate config YAML",
+            )
+        return path
+    raise UserError(
+        f"unknown engine {name_or_path!r}",
+        key="--accelerate",
+        expected=f"one of {', '.join(ENGINES)} or a path to an accelerate config YAML",
+    )
+
+
+def read_accelerate_config(path: Path) -> dict:
+    """The accelerate config as a dict (checked to be a YAML mapping with a distributed_type)."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"not a readable YAML file: {line}", file=str(path), key="--accelerate") from None
+    if not isinstance(config, dict) or "distributed_type" not in config:
+        raise UserError(
+            "not an accelerate config",
+            file=str(path),
+            key="--accelerate",
+            expected="a YAML mapping with distributed_type (as `accelerate config` writes)",
+        )
+    return config
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch_command(
+    recipe: str,
+    overrides: list[str],
+    engine: str,
+    num_processes: int | None = None,
+    debug: bool = False,
+    gpus: int | None = None,
+) -> list[str]:
+    """The `accelerate launch ...` argv that runs `dlm-sft train RECIPE overrides` in every process."""
+    config_path = resolve_config(engine)
+    config = read_accelerate_config(config_path)
+    gpus = gpu_count() if gpus is None else gpus
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"must be at least 1, got {num_processes}", key="--num-processes")
+    if num_processes is None:
+        num_processes = config.get("num_processes") if config.get("num_processes", -1) > 0 else gpus
+        if not num_processes:
+            raise UserError(
+                "no GPU found and no process count given",
+                key="--num-processes",
+                expected="--num-processes N (N CPU processes with gloo; DDP only)",
+            )
+    command = ["accelerate", "launch", "--config_file", str(config_path)]
+    command += ["--num_processes", str(num_processes)]
+    distributed = str(config.get("distributed_type", "NO")).upper()
+    if gpus == 0 and distributed != "NO":
+        if distributed != "MULTI_GPU":
+            raise UserError(
+                f"{distributed} needs GPUs and none were found",
+                file=str(config_path),
+                key="--accelerate",
+                expected="ddp on CPU, or a machine with GPUs (see docs/distributed.md)",
+            )
+        if num_processes < 2:
+            raise UserError(
+                f"DDP needs at least 2 processes, got {num_processes}",
+                key="--num-processes",
+                expected="2 or more, or no --accelerate for one process",
+            )
+        command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        # Without use_cpu, accelerate finds no CUDA and makes each process an independent run.
+        overrides = [*overrides, "training.use_cpu=true"]
+    command += ["-m", "sft.cli", *(["--debug"] if debug else []), "train", recipe, *overrides]
+    return command
+
+
+def run_launch(
+    recipe: str,
+    overrides: list[str],
+    engine: str,
+    num_processes: int | None = None,
+    debug: bool = False,
+    print_only: bool = False,
+) -> int:
+    """Print the launch line (`print_only`) or run it, returning accelerate's exit code."""
+    command = launch_command(recipe, overrides, engine, num_processes, debug)
+    if print_only:
+        print(shlex.join(command))
+        return 0
+    executable = Path(sys.executable).parent / "accelerate"
+    found = str(executable) if executable.is_file() else shutil.which("accelerate")
+    if found is None:
+        raise UserError("the `accelerate` command is not installed", key="--accelerate")
+    print(shlex.join(command), file=sys.stderr, flush=True)
+    return subprocess.call([found, *command[1:]])

@@ -1,0 +1,125 @@
+"""Pick the family of a checkpoint and load it: tokenizer, model, mask token; and translate any
+family's config.json into transformers' own (for export and planning).
+
+`load_model(settings)` detects the family from config.json (or takes `model.family`), loads the
+tokenizer (pad token set), builds the model through the family and records `dlm_family` and
+`mask_token_id` in its config, so a saved run reloads with the same behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.config import ModelSettings
+from sft.errors import UserError
+from sft.families import FAMILIES
+from sft.families.base import FAMILY_KEY, Family, LoadedModel, read_config, token_id
+
+
+def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
+    recorded = config.get(FAMILY_KEY)
+    if recorded in FAMILIES:
+        return FAMILIES[recorded]
+    for family in FAMILIES.values():
+        if family.detect(config):
+            return family
+    raise UserError(
+        f"unknown model_type {config.get('model_type')!r}",
+        file=name_or_path,
+        key="model.family",
+        expected="a Dream, LLaDA, Qwen2 or Llama checkpoint, or model.family set explicitly",
+    )
+
+
+def resolve_family(settings: ModelSettings) -> tuple[Family, dict[str, Any]]:
+    """The family of `settings.name_or_path` (detected or as set) and its config.json."""
+    config = read_config(settings.name_or_path)
+    if settings.family == "auto":
+        return detect_family(config, settings.name_or_path), config
+    if settings.family not in FAMILIES:
+        raise UserError(
+            f"unknown family {settings.family!r}",
+            key="model.family",
+            expected=f"auto or one of {', '.join(FAMILIES)}",
+        )
+    return FAMILIES[settings.family], config
+
+
+def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTokenizerBase, int]:
+    """The family, its tokenizer (pad token set) and the EOS-tail token id, without the weights."""
+    family, _ = resolve_family(settings)
+    tokenizer = family.load_tokenizer(settings)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserError(
+                "the tokenizer has neither a pad nor an EOS token",
+                file=settings.tokenizer or settings.name_or_path,
+                expected="an eos_token in tokenizer_config.json",
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return family, tokenizer, int(tokenizer.pad_token_id)
+
+
+def load_model(settings: ModelSettings, seed: int = 0) -> LoadedModel:
+    """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
+    family, config = resolve_family(settings)
+    _, tokenizer, eos_id = load_family_tokenizer(settings)
+    torch.manual_seed(seed)
+    model = family.load_model(settings, config, tokenizer)
+    mask_id = _mask_token_id(model, tokenizer, settings)
+    model.config.mask_token_id = mask_id
+    setattr(model.config, FAMILY_KEY, family.name)
+    return LoadedModel(model, tokenizer, family, mask_id, eos_id)
+
+
+def _mask_token_id(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: ModelSettings
+) -> int:
+    configured = getattr(model.config, "mask_token_id", None)
+    if configured is not None:
+        return int(configured)
+    found = token_id(tokenizer, settings.mask_token)
+    if found is None:
+        raise UserError(
+            f"the tokenizer has no mask token {settings.mask_token!r}",
+            file=settings.name_or_path,
+            key="model.mask_token",
+            expected="a token of the vocabulary, or family 'ar' to add one",
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------- formats
+def release_family(config: dict[str, Any]) -> Family | None:
+    """The family whose own release layout this config.json is in (Dream's, LLaDA's), if any."""
+    return next((f for f in FAMILIES.values() if f.is_release_layout and f.is_release_layout(config)), None)
+
+
+def native_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """transformers' config (as a dict, `dlm_family` set) for a config.json in any family's layout."""
+    family = release_family(config)
+    if family is not None:
+        return family.native_config(config, source)
+    values = dict(config)
+    values.setdefault(FAMILY_KEY, detect_family(config, source).name)
+    return values
+
+
+def mask_token_from_vocabulary(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The first mask token of any family that the tokenizer knows."""
+    for family in FAMILIES.values():
+        for token in family.mask_tokens:
+            found = token_id(tokenizer, token)
+            if found is not None:
+                return found
+    return None
+
+
+def known_config(name_or_path: str) -> dict[str, Any] | None:
+    """The built-in config of a hub model some family knows (for planning without a download)."""
+    return next(
+        (f.known_configs[name_or_path] for f in FAMILIES.values() if name_or_path in f.known_configs), None
+    )

@@ -1,0 +1,217 @@
+"""One training run from a `RunConfig`: tokenize the data, load the model, train, save.
+
+`prepare_data` needs only the tokenizer (it is what `--dry-run` runs); `train` does everything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig
+from transformers import PreTrainedTokenizerBase
+
+from sft.collate import DiffusionCollator, pack_examples
+from sft.config import DiffusionSFTConfig, RunConfig
+from sft.data import TokenizedData, load_chat_rows, tokenize_dataset
+from sft.errors import UserError
+from sft.families.base import Family, LoadedModel
+from sft.families.loader import load_family_tokenizer, load_model
+from sft.trainer import DiffusionSFTTrainer
+
+
+@dataclass
+class PreparedData:
+    family: Family
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_id: int
+    train: TokenizedData
+    eval: TokenizedData | None
+
+    def batch_rows(self, config: RunConfig) -> int:
+        """Rows of the training set as batched: examples, or packed rows with `batching: pack`."""
+        if config.data.batching != "pack":
+            return len(self.train.dataset)
+        collator = DiffusionCollator.from_args(config.training, self.eos_token_id, config.data.max_length)
+        return len(pack_examples(self.train.dataset, collator))
+
+    def steps(self, config: RunConfig, world_size: int = 1) -> tuple[int, int]:
+        """(optimizer steps per epoch, total optimizer steps), as transformers' Trainer counts."""
+        return optimizer_steps(self.batch_rows(config), config.training, world_size)
+
+
+def optimizer_steps(rows: int, args: DiffusionSFTConfig, world_size: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total) for `rows` batch rows, as transformers' Trainer counts."""
+    batches = math.ceil(rows / (args.per_device_train_batch_size * world_size))
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+    return per_epoch, total
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Tokenize the splits (the main process first; the others then read its cache)."""
+    with config.training.main_process_first(desc="tokenizing"):
+        return _prepare_data(config)
+
+
+def _prepare_data(config: RunConfig) -> PreparedData:
+    family, tokenizer, eos_id = load_family_tokenizer(config.model)
+
+    def tokenized(paths: Any) -> TokenizedData:
+        return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+
+    return PreparedData(
+        family,
+        tokenizer,
+        eos_id,
+        tokenized(config.data.train),
+        tokenized(config.data.eval) if config.data.eval else None,
+    )
+
+
+def describe(config: RunConfig, data: PreparedData) -> str:
+    """The `--dry-run` report: resolved recipe, dataset sizes and step counts."""
+    import yaml
+
+    per_epoch, total = data.steps(config)
+    lines = [f"# resolved recipe ({config.source})", yaml.safe_dump(config.sections(), sort_keys=False)]
+    lines.append(f"family: {data.family.name} (shift={data.family.shift})")
+    lines += data_summary(data)
+    lines.append(f"steps per epoch: {per_epoch}")
+    lines.append(f"total steps: {total}")
+    return "\n".join(lines)
+
+
+def lora_config(config: RunConfig) -> LoraConfig | None:
+    if config.lora is None:
+        return None
+    lora = config.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=lora.modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_model(config: RunConfig) -> LoadedModel:
+    """Load the model; a from-scratch model is saved to `<output_dir>/base` first, so adapters and
+    checkpoints can name their base model."""
+    loaded = load_model(config.model, seed=config.training.seed)
+    if config.model.from_scratch:
+        base = Path(config.training.output_dir) / "base"
+        loaded.model.save_pretrained(base)
+        loaded.tokenizer.save_pretrained(base)
+        loaded.model.config._name_or_path = str(base)
+        loaded.model.name_or_path = str(base)  # what peft records as the adapter's base model
+    return loaded
+
+
+def build_trainer(
+    config: RunConfig, data: PreparedData | None = None, loaded: LoadedModel | None = None
+) -> DiffusionSFTTrainer:
+    data = data or prepare_data(config)
+    loaded = loaded or build_model(config)
+    args = config.training
+    args.mask_token_id = loaded.mask_token_id
+    args.shift = loaded.family.shift
+    train_rows, eval_rows = data.train.dataset, data.eval.dataset if data.eval else None
+    collator = None
+    if config.data.batching == "pack":
+        collator = DiffusionCollator.from_args(args, data.eos_token_id, config.data.max_length, train_rows)
+        train_rows = pack_examples(train_rows, collator)
+    return DiffusionSFTTrainer(
+        loaded.model,
+        args,
+        eos_token_id=data.eos_token_id,
+        max_length=config.data.max_length,
+        data_collator=collator,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=loaded.tokenizer,
+        peft_config=lora_config(config),
+    )
+
+
+def data_summary(data: PreparedData) -> list[str]:
+    """One line per split: examples kept, truncated, and dropped by reason."""
+    lines = []
+    for name, split in (("train", data.train), ("eval", data.eval)):
+        if split is not None:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(split.dropped.items())) or "none"
+            truncated = split.counts.get("truncated", 0)
+            lines.append(f"{name} examples: {len(split.dataset)} (truncated {truncated}; dropped: {dropped})")
+    return lines
+
+
+def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
+    """Save the final model (or adapter) and tokenizer, and `dlm_run.json`: the resolved recipe, the
+    steps and the last losses (what the model card of an export reports)."""
+    output = Path(config.training.output_dir)
+    trainer.save_model(str(output))
+    if not trainer.is_world_process_zero():
+        return
+    trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
+    history = trainer.state.log_history
+    last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
+    run = {
+        "source": config.source,
+        "recipe": config.sections(),
+        "global_step": trainer.state.global_step,
+        "final_train_loss": last["loss"],
+        "final_eval_loss": last["eval_loss"],
+    }
+    (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """`checkpoint-N` directories whose trainer_state.json (the last file a save writes) is whole,
+    oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if step.isdigit() and state.get("global_step") == int(step):
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")))
+
+
+def resume_point(config: RunConfig) -> str | None:
+    """The checkpoint to resume from, per `training.resume_from_checkpoint` (see its docs)."""
+    value = config.training.resume_from_checkpoint
+    if value in (None, "", "none", "false"):
+        return None
+    if value == "auto":
+        complete = complete_checkpoints(config.training.output_dir)
+        return str(complete[-1]) if complete else None
+    if not complete_checkpoints(Path(value).parent) or Path(value) not in complete_checkpoints(
+        Path(value).parent
+    ):
+        raise UserError(
+            "not a complete checkpoint directory",
+            file=value,
+            key="training.resume_from_checkpoint",
+            expected="auto, null, or a checkpoint-N directory with its trainer_state.json",
+        )
+    return value
+
+
+def train(config: RunConfig) -> DiffusionSFTTrainer:
+    """Train, then save the model (or adapter), tokenizer and run record to `training.output_dir`."""
+    data = prepare_data(config)
+    print("\n".join(data_summary(data)), flush=True)
+    trainer = build_trainer(config, data)
+    resume = resume_point(config)
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    save_run(trainer, config)
+    return trainer

@@ -1,0 +1,188 @@
+"""Distributed engines: `train --accelerate`, the shipped accelerate configs, 2 processes == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from sft.cli import main
+from sft.cli.launch import CONFIG_DIR, ENGINES, gpu_count, launch_command
+from sft.recipe import build_run_config
+from sft.run import train
+from tests.conftest import REPO, recipe_dict
+
+STEPS = 3
+
+
+def equivalence_recipe(model_dir: Path, data: Path, output: Path, per_device: int) -> dict:
+    """SGD (weights comparable without Adam's eps), a fixed seed and a trainer state saved at the end."""
+    return recipe_dict(
+        model_dir,
+        data,
+        output,
+        optim="sgd",
+        seed=3,
+        max_steps=STEPS,
+        per_device_train_batch_size=per_device,
+        save_strategy="steps",
+        save_steps=STEPS,
+    )
+
+
+def logged_losses(output: Path) -> list[float]:
+    state = json.loads((output / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def assert_same_run(one: Path, two: Path) -> None:
+    assert logged_losses(two) == pytest.approx(logged_losses(one), abs=1e-5)
+    assert len(logged_losses(one)) == STEPS
+    single, double = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert single.keys() == double.keys()
+    for name in single:
+        assert torch.allclose(single[name], double[name], atol=1e-5, rtol=0), name
+
+
+def launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sft.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path; on GPUs the same recipe runs over NCCL")
+def test_two_cpu_processes_give_the_losses_and_weights_of_one_process(qwen2_dir, chat_file, tmp_path):
+    """Global batch 8: 1 process × 8 in-process vs `--accelerate ddp --num-processes 2` × 4 (gloo).
+
+    The Trainer shuffles with the same seed in both runs and accelerate hands each rank its share of
+    every global batch, the noise is a hash of (seed, step, example id) and the loss is divided by the
+    supervised tokens of the whole global batch, so the two runs compute the same gradients."""
+    train(build_run_config(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "one", 8)))
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "two", 4)))
+    result = launch(["train", str(recipe), "--accelerate", "ddp", "--num-processes", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"saved to {tmp_path / 'two'}") == 2  # both ranks ran train()
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason="FSDP needs 2 GPUs: on CPU accelerate runs FSDP as DDP")
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_gpu_processes_give_the_losses_and_weights_of_one_process(qwen2_dir, chat_file, tmp_path, engine):
+    recipe = tmp_path / "recipe.yaml"
+    for name, per_device, extra in (
+        ("one", 8, ["--num-processes", "1"]),
+        ("two", 4, ["--num-processes", "2"]),
+    ):
+        raw = equivalence_recipe(qwen2_dir, chat_file, tmp_path / name, per_device)
+        raw["training"].update(use_cpu=False, bf16=False, tf32=False)
+        recipe.write_text(yaml.safe_dump(raw))
+        args = ["train", str(recipe)] + (["--accelerate", engine, *extra] if name == "two" else [])
+        result = launch(args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_print_launch_prints_the_accelerate_line_and_exits_0(qwen2_dir, chat_file, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(qwen2_dir, chat_file, tmp_path)))
+    argv = ["train", str(recipe), "training.max_steps=5", "--accelerate", "ddp", "--num-processes", "2"]
+    assert main([*argv, "--print-launch"]) == 0
+    line = capsys.readouterr().out.strip()
+    config = CONFIG_DIR / "ddp.yaml"
+    expected = f"accelerate launch --config_file {config} --num_processes 2"
+    if gpu_count() == 0:  # N gloo processes: the multi-GPU launcher, and the Trainer told to use the CPU
+        expected += " --mixed_precision no --dynamo_backend no"
+    expected += f" -m sft.cli train {recipe} training.max_steps=5"
+    expected += " training.use_cpu=true" if gpu_count() == 0 else ""
+    assert line == expected
+    assert not (tmp_path / "checkpoint-1").exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_launches_the_cli_in_each_gpu_process(engine):
+    command = launch_command("r.yaml", ["data.max_length=64"], engine, debug=True, gpus=8)
+    assert command == [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(CONFIG_DIR / f"{engine}.yaml"),
+        "--num_processes",
+        "8",
+        "-m",
+        "sft.cli",
+        "--debug",
+        "train",
+        "r.yaml",
+        "data.max_length=64",
+    ]
+
+
+def test_an_accelerate_config_can_be_given_by_path(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("distributed_type: MULTI_GPU\nnum_machines: 2\nnum_processes: 16\n")
+    command = launch_command("r.yaml", [], str(config), gpus=8)
+    assert command[2:6] == ["--config_file", str(config), "--num_processes", "16"]
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="checks the behaviour without GPUs")
+@pytest.mark.parametrize("engine", ["fsdp", "zero2", "zero3"])
+def test_sharded_engines_refuse_to_start_without_gpus(qwen2_dir, chat_file, tmp_path, capsys, engine):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(qwen2_dir, chat_file, tmp_path)))
+    assert main(["train", str(recipe), "--accelerate", engine, "--num-processes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "needs GPUs and none were found" in err and f"{engine}.yaml" in err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_shipped_configs_parse_as_accelerate_configs(engine):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIG_DIR / f"{engine}.yaml"))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}[engine]
+    assert config.distributed_type.value == expected
+    assert config.mixed_precision == "no"  # precision is the recipe's training.bf16
+    if engine == "fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+@pytest.mark.parametrize(("engine", "stage"), [("zero2", 2), ("zero3", 3)])
+def test_deepspeed_configs_leave_batch_and_clipping_to_the_recipe(engine, stage):
+    """The plugin accelerate builds from the config: ZeRO stage as named, batch sizes, accumulation
+    and clipping `auto` (filled from the recipe's training section), validated by DeepSpeed itself."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    settings = yaml.safe_load((CONFIG_DIR / f"{engine}.yaml").read_text())["deepspeed_config"]
+    settings.pop("deepspeed_multinode_launcher")
+    plugin = DeepSpeedPlugin(**settings)
+    ds_config = plugin.deepspeed_config
+    assert ds_config["zero_optimization"]["stage"] == stage
+    assert ds_config["gradient_accumulation_steps"] == "auto"
+    assert ds_config["train_micro_batch_size_per_gpu"] == "auto"
+    assert "gradient_clipping" not in ds_config or ds_config["gradient_clipping"] == "auto"
+    deepspeed_zero = pytest.importorskip("deepspeed.runtime.zero.config")
+    zero = deepspeed_zero.DeepSpeedZeroConfig(**ds_config["zero_optimization"])
+    assert int(zero.stage) == stage
+
+
+def test_slurm_script_runs_one_accelerate_launch_per_node():
+    script = (REPO / "scripts" / "slurm_multinode.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm_multinode.sh")]).returncode == 0
+    for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port"):
+        assert flag in script
+    assert "srun" in script and "-m sft.cli" in script and "--ntasks-per-node=1" in script
