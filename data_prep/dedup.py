@@ -13,6 +13,7 @@ import re
 import xxhash
 
 from data_prep.sources import Row
+from sft.errors import UserError
 
 _WORDS = re.compile(r"\w+")
 
@@ -43,8 +44,6 @@ class NearDeduper:
         try:
             from datasketch import MinHash, MinHashLSH
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            from sft.errors import UserError
-
             raise UserError(
                 "filters.near_dedup needs the 'datasketch' package",
                 key="filters.near_dedup",

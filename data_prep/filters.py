@@ -17,6 +17,7 @@ import xxhash
 
 from data_prep.sources import ROLES, Row
 from sft.errors import UserError
+from sft.families.base import load_tokenizer_dir
 
 REASONS = (
     "malformed",
@@ -87,8 +88,6 @@ class TokenCounter:
 
     def __init__(self, tokenizer_path: str, file: str = "") -> None:
         try:
-            from sft.families.base import load_tokenizer_dir
-
             self.tokenizer = load_tokenizer_dir(tokenizer_path)
         except Exception as exc:  # noqa: BLE001 - missing dir, offline hub id, broken files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
