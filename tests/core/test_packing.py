@@ -124,8 +124,8 @@ def device_batch(examples, collator, rows: int = 4) -> dict[str, torch.Tensor]:
     return collator(chosen)
 
 
-def per_example_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
-    """Each example's summed weighted CE, keyed by example id, computed as the trainer does."""
+def weighted_token_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
+    """Each masked token's weighted CE and its document, computed as the trainer does."""
     keys = objective.example_keys(0, 7, batch["example_ids"])
     t = objective.sample_t(keys, 1e-3)
     noised = objective.add_noise(
@@ -143,16 +143,21 @@ def per_example_losses(model, batch, implementation, weighting="cart", tail_as_o
     )
     rows, cols = noised.masked.nonzero(as_tuple=True)
     source = objective.prediction_source(cols, batch["positions"][rows, cols], shift=True)
+    ce = model(
+        input_ids=noised.noisy_ids,
+        **attention_inputs(batch, implementation, torch.float32),
+        prediction_positions=(rows, source),
+        prediction_targets=batch["input_ids"][rows, cols],
+    )
+    return ce * noised.weights[rows, cols], batch["doc_ids"][rows, cols]
+
+
+def per_example_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
+    """Each example's summed weighted CE and masked-token count, keyed by example id."""
     with torch.no_grad():
-        ce = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(batch, implementation, torch.float32),
-            prediction_positions=(rows, source),
-            prediction_targets=batch["input_ids"][rows, cols],
-        )
-    docs = batch["doc_ids"][rows, cols]
-    sums = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, ce * noised.weights[rows, cols])
-    counts = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, torch.ones_like(ce))
+        losses, docs = weighted_token_losses(model, batch, implementation, weighting, tail_as_one)
+    sums = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, losses)
+    counts = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, torch.ones_like(losses))
     return {int(e): (s.item(), int(c)) for e, s, c in zip(batch["example_ids"], sums, counts)}
 
 
@@ -176,6 +181,24 @@ def test_packed_device_batch_gives_each_example_the_loss_it_has_unpacked(
         assert loss == pytest.approx(expected[example_id][0], abs=1e-5)
     assert sum(count for _, count in got.values()) > 20
     assert torch.equal(packed["supervised"].sort().values, unpacked["supervised"].sort().values)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2"])
+def test_packed_device_batch_gives_the_gradients_of_the_unpacked_one(setup, attention, implementation):
+    loaded, examples, collator = setup
+    packed = device_batch(examples, collator)
+    members = packed["example_ids"].tolist()
+    unpacked = collator([examples[i] for i in range(len(examples)) if examples[i]["example_id"] in members])
+    parameters = [p for p in loaded.model.parameters() if p.requires_grad]
+
+    def gradients(batch, implementation):
+        loss = weighted_token_losses(loaded.model, batch, implementation)[0].sum()
+        return torch.autograd.grad(loss, parameters)
+
+    expected = gradients(unpacked, "sdpa")
+    got = gradients(packed, attention(implementation))
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2"])
