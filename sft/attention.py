@@ -77,7 +77,8 @@ def segmented_sdpa_attention(
     """
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if not torch.equal(cu_seq_lens_q, cu_seq_lens_k) or attention_mask is not None:
+    same_segments = cu_seq_lens_k is cu_seq_lens_q or torch.equal(cu_seq_lens_q, cu_seq_lens_k)
+    if not same_segments or attention_mask is not None:
         raise ValueError("segmented SDPA needs the same query and key segments and no attention mask")
     batch, heads, width, _ = query.shape
     lengths = cu_seq_lens_q.diff().tolist()
