@@ -9,11 +9,12 @@ layers, final norm; the loss head is the same work in every mode and is left out
 - pack-dense: the same rows with the block-diagonal mask as one dense L×L SDPA call (what packed
               rows cost before; the mask eager gets).
 
-Each batch is timed `--repeats` times, modes interleaved, and its fastest time kept (the machine
-is shared; the minimum is the least disturbed). Reported: positions/s of each mode and the
-supervised (response) tokens/s, on which pad and pack do the same work.
+Time is this process's CPU time (run it with OMP_NUM_THREADS=1): on a shared machine the wall
+clock mostly measures the other tenants. Each batch is timed `--repeats` times, modes
+interleaved, and its least time kept. Reported: positions/s of each mode and the supervised
+(response) tokens/s, on which pad and pack do the same work.
 
-    python benchmarks/packed_attention.py [--hidden 512 --layers 4] [--max-length 2048]
+    OMP_NUM_THREADS=1 python benchmarks/packed_attention.py [--hidden 512 --layers 4]
 
 Last line: `pack/pad supervised_tokens_per_s=R pack/pack-dense=R`.
 """
@@ -40,11 +41,11 @@ from sft.families.loader import load_model  # noqa: E402
 
 
 def body_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], inputs: dict) -> float:
-    """Seconds for one forward + backward of the model body on `batch`."""
-    start = time.perf_counter()
+    """CPU seconds for one forward + backward of the model body on `batch`."""
+    start = time.process_time()
     hidden = model.get_decoder()(input_ids=batch["input_ids"], use_cache=False, **inputs).last_hidden_state
     hidden[batch["doc_ids"] >= 0].square().mean().backward()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     supervised = sum(float((b["maskable"] & ~b["tail"]).sum()) for b, _ in modes["pad"])
     print(
         f"examples={len(examples)} max_length={args.max_length} batch={args.batch_size} "
-        f"model=Qwen2(h{args.hidden}, {args.layers} layers) body forward+backward, best of {args.repeats}"
+        f"model=Qwen2(h{args.hidden}, {args.layers} layers) body forward+backward, "
+        f"CPU time, best of {args.repeats}"
     )
     print("| mode | rows | seconds | positions/s | supervised tok/s |")
     print("|---|---:|---:|---:|---:|")
