@@ -21,12 +21,15 @@ FORMATS = get_args(Format)
 
 @dataclass
 class SourceSpec:
-    """One input: a hub id, a local directory in the hub's layout, or parquet/jsonl/json files."""
+    """One input: a hub id, a local directory in the hub's layout, or parquet/jsonl/json files.
+    `config`, `split` and `revision` (a hub id's branch, tag or commit) as `datasets.load_dataset`
+    takes them."""
 
     name: str
     path: str
     config: str | None = None
     split: str = "train"
+    revision: str | None = None
     format: Format = "auto"
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from sft import hub
 from sft.config import DataSettings
 from sft.errors import UserError
+from sft.hub import DatasetRef
 
 KEPT = ("ok", "truncated")
 """Statuses of examples that are trained on; every other status is a reason for dropping."""
@@ -62,33 +64,20 @@ def data_files(path: str) -> tuple[str, list[str]]:
             file=path,
             expected="a directory of chat data shards",
         )
-    raise UserError("data path not found", file=path, expected="an existing file or directory")
+    raise UserError(
+        "data path not found", file=path, expected="an existing file or directory, or a hub dataset id"
+    )
 
 
-def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
-    """Load chat rows from files/directories, keeping only the conversation columns (and those of
-    `extra_columns` that a file has, e.g. `source` for task scoring)."""
+def load_chat_rows(
+    paths: str | dict[str, Any] | list[str | dict[str, Any]], extra_columns: tuple[str, ...] = ()
+) -> datasets.Dataset:
+    """Load chat rows from files, directories and hub datasets (`sft.hub.DatasetRef`: an `org/name`
+    string or a `{name, config, split, revision}` mapping), keeping only the conversation columns
+    (and those of `extra_columns` that a source has, e.g. `source` for task scoring)."""
     parts = []
-    for path in [paths] if isinstance(paths, str) else paths:
-        if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
-            loaded = datasets.load_from_disk(path)
-        else:
-            builder, files = data_files(path)
-            empty = [f for f in files if Path(f).stat().st_size == 0]
-            if empty:
-                raise UserError("empty data file", file=empty[0], expected="chat rows")
-            verbosity = datasets.logging.get_verbosity()
-            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the UserError says it once
-            try:
-                loaded = datasets.load_dataset(builder, data_files=files, split="train")
-            except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
-                raise UserError(
-                    f"cannot read data: {_reader_message(err)}",
-                    file=path,
-                    expected="one JSON object per line (.jsonl), a JSON list (.json) or parquet",
-                ) from None
-            finally:
-                datasets.logging.set_verbosity(verbosity)
+    for item in [paths] if isinstance(paths, (str, dict)) else paths:
+        loaded, path = _load_source(item)
         columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
         extra = [c for c in extra_columns if c in loaded.column_names]
         if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
@@ -99,6 +88,54 @@ def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) 
             )
         parts.append(loaded.select_columns(columns + extra))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def dataset_ref(item: str | dict[str, Any]) -> DatasetRef | None:
+    """The hub dataset (or split of a local `DatasetDict`) an entry of `data.train`/`data.eval`
+    names; None for a local file or directory given as a string."""
+    if isinstance(item, dict):
+        return DatasetRef(**item)
+    return DatasetRef(item) if hub.is_dataset_id(item) else None
+
+
+def _load_source(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str]:
+    """One entry of `data.train`/`data.eval` as a Dataset, and its name for messages."""
+    ref = dataset_ref(item)
+    if ref is None:
+        return _load_local(str(item), split=None), str(item)
+    if not Path(ref.name).exists():
+        return hub.load_dataset(ref), ref.name
+    return _load_local(ref.name, split=ref.split), ref.name
+
+
+def _load_local(path: str, split: str | None) -> datasets.Dataset:
+    if Path(path, "dataset_dict.json").is_file():  # a DatasetDict.save_to_disk root
+        splits = datasets.load_from_disk(path)
+        if split is None or split not in splits:
+            raise UserError(
+                f"a DatasetDict with splits {', '.join(splits)}; choose one",
+                file=path,
+                expected=f"{path}/<split> or {{name: {path}, split: <split>}}",
+            )
+        return splits[split]
+    if Path(path, "state.json").is_file():  # a Dataset.save_to_disk directory
+        return datasets.load_from_disk(path)
+    builder, files = data_files(path)
+    empty = [f for f in files if Path(f).stat().st_size == 0]
+    if empty:
+        raise UserError("empty data file", file=empty[0], expected="chat rows")
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the UserError says it once
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
+        raise UserError(
+            f"cannot read data: {_reader_message(err)}",
+            file=path,
+            expected="one JSON object per line (.jsonl), a JSON list (.json) or parquet",
+        ) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _reader_message(err: BaseException) -> str:

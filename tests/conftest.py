@@ -86,3 +86,26 @@ def recipe_dict(model_dir: Path, train: Path, output_dir: Path, **training) -> d
             **training,
         },
     }
+
+
+@pytest.fixture(scope="session")
+def hub_cache_dir(tmp_path_factory, tokenizer) -> Path:
+    """The stand-in hub cache (tests/hub_cache.py), built once per session."""
+    from tests.hub_cache import build_hub_cache
+
+    return build_hub_cache(tmp_path_factory.mktemp("hub_cache"), tokenizer)
+
+
+@pytest.fixture
+def hub_cache(hub_cache_dir, tmp_path, monkeypatch) -> Path:
+    """Offline (HF_HUB_OFFLINE=1) with HF_HUB_CACHE at the stand-in hub cache: hub ids resolve only
+    from it, as on a machine without network."""
+    import datasets
+    from huggingface_hub import constants
+
+    for name, value in (("HF_HUB_CACHE", str(hub_cache_dir)), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache_dir))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    return hub_cache_dir

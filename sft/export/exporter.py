@@ -2,7 +2,8 @@
 
 The source is a full model directory (a training output, config.json with `dlm_family`), a LoRA
 adapter directory (adapter_config.json names the base) or a directory holding several adapters (pick
-one with `adapter`). The output is written in one of three layouts:
+one with `adapter`); a source or base named by a hub id is read from its cached snapshot (`sft.hub`).
+The output is written in one of three layouts:
 - `native`: transformers' Qwen2 / Llama classes (`is_causal: false`, `dlm_family`, `mask_token_id`);
 - `dream`: Dream's config (`model_type: Dream`, `architectures`, `auto_map`, `mask_token_id`) and Qwen2
   weight names;
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
+from sft import hub
 from sft.errors import UserError
 from sft.export import model_card
 from sft.export.adapters import LoraMerger, choose_adapter, read_adapter_config
@@ -97,7 +99,7 @@ def layout_of(config: dict[str, Any]) -> Layout:
 
 def resolve_source(path: str | Path, adapter: str | None = None) -> Source:
     """Find the model, adapter and base behind `path` (see the module docstring)."""
-    root = Path(path)
+    root = hub.model_dir(path)
     if not root.is_dir():
         raise UserError(
             "not a directory", file=str(path), expected="a training output, model or adapter directory"
@@ -110,14 +112,14 @@ def resolve_source(path: str | Path, adapter: str | None = None) -> Source:
         model_dir = root  # BASE --adapter NAME: merge into the base given
     else:
         base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
+        if not base or not hub.model_dir(base).is_dir():
             raise UserError(
-                f"the adapter's base model {base!r} is not a local directory",
+                f"the adapter's base model {base!r} is neither a local directory nor a hub id",
                 file=str(adapter_dir / "adapter_config.json"),
                 key="base_model_name_or_path",
                 expected="export BASE_DIR --adapter ADAPTER to name the base",
             )
-        model_dir = Path(base)
+        model_dir = hub.model_dir(base)
     return Source(model_dir, adapter_dir, read_config(str(model_dir)), model_dir)
 
 
@@ -127,9 +129,10 @@ def _recorded_base(model_dir: Path, config: dict[str, Any]) -> Path | None:
         return model_dir
     record = model_card.read_run_record(model_dir)
     base = ((record.recipe or {}).get("model") or {}).get("name_or_path")
-    if base and (Path(base) / "config.json").is_file():
-        return Path(base)
-    return None
+    if not base:
+        return None
+    directory = hub.model_dir(base, weights=False)  # a hub id: config, tokenizer and remote code
+    return directory if (directory / "config.json").is_file() else None
 
 
 def default_format(source: Source) -> Layout:
