@@ -98,14 +98,8 @@ def hub_cache_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture
 def hub_cache(hub_cache_dir, tmp_path, monkeypatch) -> Path:
-    """Offline (HF_HUB_OFFLINE=1) with HF_HUB_CACHE at the stand-in hub cache: hub ids resolve only
-    from it, as on a machine without network."""
-    import datasets
-    from huggingface_hub import constants
+    """Offline, with HF_HUB_CACHE at the stand-in hub cache (see tests/hub_cache.py)."""
+    from tests.hub_cache import use_hub_cache
 
-    for name, value in (("HF_HUB_CACHE", str(hub_cache_dir)), ("HF_HUB_OFFLINE", "1")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache_dir))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    use_hub_cache(monkeypatch, hub_cache_dir, tmp_path / "datasets_cache")
     return hub_cache_dir

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2ForCausalLM
 
@@ -219,3 +220,16 @@ def build_hub_cache(cache: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
             publish(cache, repo_id, source, repo_type)
             shutil.rmtree(source)
     return cache
+
+
+def use_hub_cache(patch: pytest.MonkeyPatch, cache: Path, datasets_cache: Path) -> None:
+    """Offline (HF_HUB_OFFLINE=1) with HF_HUB_CACHE at `cache`: hub ids resolve only from it, as on a
+    machine without network (huggingface_hub reads both at import, so its constants are patched too)."""
+    import datasets
+    from huggingface_hub import constants
+
+    patch.setenv("HF_HUB_CACHE", str(cache))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    patch.setattr(constants, "HF_HUB_OFFLINE", True)
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
