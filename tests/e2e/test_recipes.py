@@ -113,6 +113,14 @@ def test_recipe_dry_runs_and_trains_two_steps_as_shipped(recipe, in_workspace, c
         base = json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
         assert base == shipped["model"]["name_or_path"]  # the hub id, not the cache path
 
+    exported = in_workspace / "exports" / recipe.replace("/", "-")
+    assert main(["export", str(run), "--output", str(exported)]) == 0
+    files = {p.name for p in exported.iterdir()}
+    layout = json.loads((exported / "config.json").read_text())["model_type"]
+    assert layout == {"dream": "Dream", "llada": "llada"}.get(shipped["model"].get("family"), "qwen2")
+    remote_code = {"Dream": {"modeling_dream.py", "configuration_dream.py"}, "llada": {"modeling_llada.py"}}
+    assert remote_code.get(layout, set()) <= files  # the base's own code, from its hub snapshot
+
 
 @pytest.mark.parametrize("recipe", [r for r in TRAINING_RECIPES if not r.startswith("quickstart/")])
 def test_recipe_header_documents_hardware_and_launch_line(recipe):
