@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from transformers import AutoConfig
 
 from sft import hub
@@ -36,6 +37,7 @@ from sft.families import FAMILIES
 from sft.families.base import FAMILY_KEY, load_tokenizer_dir, read_config
 from sft.families.loader import mask_token_from_vocabulary, native_config, release_family
 from sft.families.weights import iter_shards, tensor_names
+from sft.validation import first_line
 
 Layout = str  # "native" or the name of a family with a release layout
 LAYOUTS = ("native", *(name for name, f in FAMILIES.items() if f.is_release_layout is not None))
@@ -175,8 +177,10 @@ def export_checkpoint(
     adapter: str | None = None,
     dtype: str = "auto",
     max_shard_size: str | int = "5GB",
+    repo_id: str | None = None,
 ) -> ExportResult:
-    """Export `path` (training output, model, adapter, or a directory of adapters) to `output`."""
+    """Export `path` (training output, model, adapter, or a directory of adapters) to `output`;
+    `repo_id` is the hub repository it will be pushed to (what its model card names)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", key="--format", expected=" or ".join(FORMATS))
     if dtype not in DTYPES:
@@ -207,17 +211,17 @@ def export_checkpoint(
     _write_config(native, target, source, out, result)
     _write_generation_config(native, tokenizer, eos, out)
     run = model_card.read_run_record(*source.run_dirs)
-    base = _base_name(source, run)
-    card = model_card.render(
-        title=out.name,
-        base_model=base,
+    facts = model_card.CardFacts(
+        title=repo_id or out.name,
         family=str(native[FAMILY_KEY]),
+        base_model=_base_name(source, run),
+        run=run,
+        merged_adapter=source.adapter_dir is not None,
         export_format=target,
         dtype=native["dtype"],
-        adapter=str(source.adapter_dir) if source.adapter_dir else None,
-        run=run,
+        location=repo_id or str(output),
     )
-    (out / "README.md").write_text(card, encoding="utf-8")
+    model_card.write(out, facts)
     result.files = sorted(p.name for p in out.iterdir())
     for note in result.notes:
         warnings.warn(note, stacklevel=2)
@@ -362,7 +366,25 @@ def _write_generation_config(native: dict[str, Any], tokenizer: Any, eos: int | 
 
 
 def _base_name(source: Source, run: model_card.RunRecord) -> str:
+    """The base model as recorded (a hub id stays a hub id; the card never shows a local path)."""
     if source.adapter_dir is not None:
         return str(read_adapter_config(source.adapter_dir).get("base_model_name_or_path") or source.model_dir)
     recorded = ((run.recipe or {}).get("model") or {}).get("name_or_path")
     return str(recorded or source.base_dir or source.config.get("_name_or_path") or source.model_dir)
+
+
+def push_to_hub(output: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an export directory to the hub repository `repo_id` (created when missing); the commit URL."""
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(output), repo_id=repo_id, commit_message="Upload checkpoint exported by dlm-sft"
+        )
+    except Exception as err:  # noqa: BLE001 - HTTP, network, auth or offline: one line for the user
+        raise UserError(
+            f"cannot push to {repo_id!r}: {first_line(err)}",
+            key="--push-to-hub",
+            expected="a hub repo id you may write to (HF_TOKEN or `hf auth login`), with network",
+        ) from None
+    return str(commit.commit_url)

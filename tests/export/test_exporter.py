@@ -188,7 +188,12 @@ def test_model_card_records_the_run_and_never_a_token(bases, chat, tmp_path):
     out = tmp_path / "instruct"
     assert main(["export", str(run), "--output", str(out), "--max-shard-size", "30KB"]) == 0
     card = (out / "README.md").read_text()
-    assert f"base_model: {bases['dream']}" in card and str(chat) in card and "recipes/sort.yaml" in card
+    assert "base_model:" not in card and str(bases["dream"]) not in card  # a local base: never its path
+    assert (
+        f"local `{bases['dream'].name}`" in card
+        and f"local `{chat.name}`" in card
+        and "recipes/sort.yaml" in card
+    )
     assert "| optimizer steps | 2 |" in card and "3.2500" in card and "3.5000" in card
     assert "hf_abcdefghijklmnop" not in card and "hf_secretvalue123" not in card
     assert (
