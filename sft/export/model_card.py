@@ -109,7 +109,7 @@ class CardFacts:
 
 def build(facts: CardFacts) -> ModelCard:
     """The card: hub metadata (base_model, datasets, library_name, pipeline_tag, tags) and the text."""
-    recipe = scrub(facts.run.recipe) if facts.run.recipe else None
+    recipe = portable(scrub(facts.run.recipe)) if facts.run.recipe else None
     data = (recipe or {}).get("data") or {}
     hub_datasets, train_text = describe_data(data.get("train"))
     eval_datasets, eval_text = describe_data(data.get("eval"))
@@ -262,6 +262,18 @@ def _prepared_sources(path: Path) -> list[str]:
                 return []
             return [hub_name(s.get("path")) or _local(s.get("path")) for s in recipe.get("sources") or []]
     return []
+
+
+def portable(value: Any) -> Any:
+    """`value` with absolute local paths cut to `.../<last component>` (a card is shared; the paths
+    of the machine it was made on say nothing to its readers), recursively."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or Path(value).is_absolute()):
+        return f".../{Path(value).name}"
+    return value
 
 
 def _local(path: str | None) -> str | None:
