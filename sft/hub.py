@@ -51,7 +51,8 @@ def fetch_hint(repo_id: str, repo_type: str = "model", revision: str | None = No
 
 def _not_cached(repo_id: str, repo_type: str, revision: str | None, what: str) -> UserError:
     return UserError(
-        f"{what} {repo_id!r} is not in the hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set",
+        f"{what} {repo_id!r} is neither a local path nor in the hub cache ({constants.HF_HUB_CACHE}), "
+        "and HF_HUB_OFFLINE is set",
         expected=fetch_hint(repo_id, repo_type, revision),
     )
 
@@ -85,8 +86,8 @@ def snapshot(
         ) from None
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, HfHubHTTPError) as err:
         raise UserError(
-            f"cannot fetch {what} {repo_id!r} from the hub: {first_line(err)}",
-            expected="an existing hub id you can access (HF_TOKEN for gated or private repos)",
+            f"{what} {repo_id!r} is neither a local path nor fetchable from the hub: {first_line(err)}",
+            expected="an existing local path, or a hub id you can access (HF_TOKEN for gated repos)",
         ) from None
 
 
@@ -139,12 +140,12 @@ def load_dataset(ref: DatasetRef) -> datasets.Dataset:
     if cached is not None:
         try:
             return _quiet_load(str(cached), ref.config, ref.split)
-        except (FileNotFoundError, ValueError) as err:  # this config/split is not in the cache
+        except (FileNotFoundError, ValueError) as err:  # a config/split missing, or not downloaded yet
             if offline():
                 raise UserError(
-                    f"dataset {ref.name!r} (config {ref.config}, split {ref.split}) is not in the hub "
-                    f"cache: {first_line(err)}",
-                    expected=fetch_hint(ref.name, "dataset", ref.revision),
+                    f"cannot read dataset {ref.name!r} (config {ref.config}, split {ref.split}) from the "
+                    f"hub cache: {first_line(err)}",
+                    expected=f"an existing config and split, cached with {fetch_hint(ref.name, 'dataset')}",
                 ) from None
     elif offline():
         raise _not_cached(ref.name, "dataset", ref.revision, "dataset")

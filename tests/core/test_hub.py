@@ -111,3 +111,18 @@ def test_a_recipe_accepts_hub_datasets_in_data_train_and_eval(hub_cache, tmp_pat
             REPO / "recipes" / "dream-7b" / "sft_lora.yaml",
             [f"data.train={TULU}", f"data.eval={{name: {SMOLTALK}, splt: x}}", "training.bf16=false"],
         )
+
+
+def test_a_hub_dataset_without_its_config_names_the_configs_problem(hub_cache):
+    with pytest.raises(UserError, match="HuggingFaceTB/smoltalk.*config None.*Config name is missing"):
+        load_chat_rows(SMOLTALK)  # SmolTalk has no default config, as on the hub
+
+
+def test_generate_and_export_take_a_hub_id(hub_cache, tmp_path, capsys):
+    from sft.cli import main
+
+    dream = "Dream-org/Dream-v0-Base-7B"
+    assert main(["generate", dream, "--prompt", "Sort 321", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["export", dream, "--output", str(tmp_path / "native"), "--format", "native"]) == 0
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["model_type"] == "qwen2"
