@@ -8,6 +8,7 @@ tokenizer (pad token set), builds the model through the family and records `dlm_
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,10 +49,15 @@ def resolve_family(settings: ModelSettings) -> tuple[Family, dict[str, Any]]:
     return FAMILIES[settings.family], config
 
 
-def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTokenizerBase, int]:
-    """The family, its tokenizer (pad token set) and the EOS-tail token id, without the weights."""
+def load_family_tokenizer(
+    settings: ModelSettings, chat_template_path: str | None = None
+) -> tuple[Family, PreTrainedTokenizerBase, int]:
+    """The family, its tokenizer (pad token set; chat template replaced by the file at
+    `chat_template_path` when given) and the EOS-tail token id, without the weights."""
     family, _ = resolve_family(settings)
     tokenizer = family.load_tokenizer(settings)
+    if chat_template_path:
+        tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise UserError(
@@ -63,10 +69,23 @@ def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTo
     return family, tokenizer, int(tokenizer.pad_token_id)
 
 
-def load_model(settings: ModelSettings, seed: int = 0) -> LoadedModel:
+def read_chat_template(path: str) -> str:
+    """The text of a `.jinja`/`.j2` chat template file (`training.chat_template_path`, as in TRL)."""
+    file = Path(path).expanduser()
+    if not (file.is_file() and file.suffix in (".jinja", ".j2")):
+        raise UserError(
+            "not a .jinja/.j2 chat template file",
+            file=path,
+            key="training.chat_template_path",
+            expected="a Jinja template file (for another tokenizer and its template, set model.tokenizer)",
+        )
+    return file.read_text(encoding="utf-8")
+
+
+def load_model(settings: ModelSettings, seed: int = 0, chat_template_path: str | None = None) -> LoadedModel:
     """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
     family, config = resolve_family(settings)
-    _, tokenizer, eos_id = load_family_tokenizer(settings)
+    _, tokenizer, eos_id = load_family_tokenizer(settings, chat_template_path)
     torch.manual_seed(seed)
     model = family.load_model(settings, config, tokenizer)
     mask_id = _mask_token_id(model, tokenizer, settings)
