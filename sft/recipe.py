@@ -21,6 +21,7 @@ from sft import hub
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
+    REFUSED_TRAINING_KEYS,
     DataSettings,
     DiffusionSFTConfig,
     LoraSettings,
@@ -183,11 +184,6 @@ def _section(raw: dict[str, Any], name: str, file: str) -> dict[str, Any]:
 def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: str) -> DiffusionSFTConfig:
     hints = typing.get_type_hints(DiffusionSFTConfig)
     training_names = [n for n in hints if n not in DIFFUSION_FIELDS and n not in FAMILY_FIELDS]
-    owned_elsewhere = {
-        "max_length": "data.max_length",
-        "packing": "data.batching: pack",
-        "padding_free": "data.batching: pack",
-    }
     for key, value in diffusion.items():
         if key not in DIFFUSION_FIELDS:
             hint = " (a training setting: put it under training:)" if key in training_names else ""
@@ -210,9 +206,12 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
             raise UserError(
                 "a diffusion setting", file=file, key=f"training.{key}", expected=f"diffusion.{key}"
             )
-        if key in owned_elsewhere or key in FAMILY_FIELDS:
-            where = owned_elsewhere.get(key, "the model family")
-            raise UserError("set elsewhere", file=file, key=f"training.{key}", expected=f"{where} instead")
+        if key in FAMILY_FIELDS:
+            raise UserError("set by the model family", file=file, key=f"training.{key}")
+        if key in REFUSED_TRAINING_KEYS:
+            raise UserError(
+                f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", file=file, key=f"training.{key}"
+            )
         if key not in hints:
             raise UserError(
                 f"unknown key{suggest(key, training_names)}",
@@ -226,6 +225,10 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         return DiffusionSFTConfig(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"invalid training settings: {first_line(err)}", file=file, key="training") from None
+    except ImportError as err:  # e.g. `deepspeed:` without the deepspeed package
+        raise UserError(
+            f"needs a package that is not installed: {first_line(err)}", file=file, key="training"
+        ) from None
 
 
 def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def prepare_data(config: RunConfig) -> PreparedData:
 
 
 def _prepare_data(config: RunConfig) -> PreparedData:
-    family, tokenizer, eos_id = load_family_tokenizer(config.model)
+    family, tokenizer, eos_id = load_family_tokenizer(config.model, config.training.chat_template_path)
 
     def tokenized(paths: Any) -> TokenizedData:
         return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
@@ -104,7 +105,7 @@ def lora_config(config: RunConfig) -> LoraConfig | None:
 def build_model(config: RunConfig) -> LoadedModel:
     """Load the model; a from-scratch model is saved to `<output_dir>/base` first, so adapters and
     checkpoints can name their base model."""
-    loaded = load_model(config.model, seed=config.training.seed)
+    loaded = load_model(config.model, config.training.seed, config.training.chat_template_path)
     if config.model.from_scratch:
         base = Path(config.training.output_dir) / "base"
         loaded.model.save_pretrained(base)
@@ -233,33 +234,66 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def resume_point(config: RunConfig) -> str | None:
-    """The checkpoint to resume from, per `training.resume_from_checkpoint` (see its docs)."""
-    value = config.training.resume_from_checkpoint
-    if value in (None, "", "none", "false"):
+    """The checkpoint to resume from, per `training.resume_from_checkpoint` (see its docs).
+
+    An `output_dir` holding a finished run (`dlm_run.json`) is refused unless
+    `training.overwrite_output_dir`, which starts fresh and removes the old run's checkpoints and
+    record, so a later `auto` resume can never pick up the old run."""
+    args = config.training
+    value = args.resume_from_checkpoint
+    output = Path(args.output_dir)
+    explicit = value is True or value not in (None, False, "auto")
+    if args.overwrite_output_dir:
+        if args.process_index == 0:
+            _remove_old_run(output)
+        if not explicit:
+            return None
+    elif (output / "dlm_run.json").is_file() and not explicit:
+        raise UserError(
+            "holds a finished run (dlm_run.json)",
+            file=str(output),
+            key="training.output_dir",
+            expected="a new output_dir, training.overwrite_output_dir=true to replace it, "
+            "or training.resume_from_checkpoint=true to continue it",
+        )
+    if value in (None, False):
         return None
-    if value == "auto":
-        complete = complete_checkpoints(config.training.output_dir)
+    if value in ("auto", True):
+        complete = complete_checkpoints(output)
+        if value is True and not complete:
+            raise UserError(
+                "no complete checkpoint-N to resume from",
+                file=str(output),
+                key="training.resume_from_checkpoint",
+                expected="a run directory with checkpoints, or auto/null to start fresh",
+            )
         return str(complete[-1]) if complete else None
-    if not complete_checkpoints(Path(value).parent) or Path(value) not in complete_checkpoints(
-        Path(value).parent
-    ):
+    if Path(value) not in complete_checkpoints(Path(value).parent):
         raise UserError(
             "not a complete checkpoint directory",
             file=value,
             key="training.resume_from_checkpoint",
-            expected="auto, null, or a checkpoint-N directory with its trainer_state.json",
+            expected="true, auto, null, or a checkpoint-N directory with its trainer_state.json",
         )
     return value
 
 
+def _remove_old_run(output: Path) -> None:
+    for checkpoint in output.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    for record in ("dlm_run.json", "trainer_state.json"):
+        (output / record).unlink(missing_ok=True)
+
+
 def train(config: RunConfig) -> DiffusionSFTTrainer:
     """Train, then save the model (or adapter), tokenizer and run record to `training.output_dir`."""
+    resume = resume_point(config)
+    if resume:
+        step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+        print(f"resuming from {resume} at step {step}", flush=True)
     data = prepare_data(config)
     print("\n".join(data_summary(data)), flush=True)
     trainer = build_trainer(config, data)
-    resume = resume_point(config)
-    if resume:
-        print(f"resuming from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     save_run(trainer, config)
     return trainer

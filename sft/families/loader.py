@@ -11,6 +11,7 @@ adapters and model cards record as the base), never the cache path.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,11 +64,16 @@ def local_settings(settings: ModelSettings, *, weights: bool = True) -> ModelSet
     )
 
 
-def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTokenizerBase, int]:
-    """The family, its tokenizer (pad token set) and the EOS-tail token id, without the weights."""
+def load_family_tokenizer(
+    settings: ModelSettings, chat_template_path: str | None = None
+) -> tuple[Family, PreTrainedTokenizerBase, int]:
+    """The family, its tokenizer (pad token set; chat template replaced by the file at
+    `chat_template_path` when given) and the EOS-tail token id, without the weights."""
     settings = local_settings(settings, weights=False)
     family, _ = resolve_family(settings)
     tokenizer = family.load_tokenizer(settings)
+    if chat_template_path:
+        tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise UserError(
@@ -79,11 +85,24 @@ def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTo
     return family, tokenizer, int(tokenizer.pad_token_id)
 
 
-def load_model(settings: ModelSettings, seed: int = 0) -> LoadedModel:
+def read_chat_template(path: str) -> str:
+    """The text of a `.jinja`/`.j2` chat template file (`training.chat_template_path`, as in TRL)."""
+    file = Path(path).expanduser()
+    if not (file.is_file() and file.suffix in (".jinja", ".j2")):
+        raise UserError(
+            "not a .jinja/.j2 chat template file",
+            file=path,
+            key="training.chat_template_path",
+            expected="a Jinja template file (for another tokenizer and its template, set model.tokenizer)",
+        )
+    return file.read_text(encoding="utf-8")
+
+
+def load_model(settings: ModelSettings, seed: int = 0, chat_template_path: str | None = None) -> LoadedModel:
     """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
     local = local_settings(settings)
     family, config = resolve_family(local)
-    _, tokenizer, eos_id = load_family_tokenizer(local)
+    _, tokenizer, eos_id = load_family_tokenizer(local, chat_template_path)
     torch.manual_seed(seed)
     model = family.load_model(local, config, tokenizer)
     mask_id = _mask_token_id(model, tokenizer, local)

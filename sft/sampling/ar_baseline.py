@@ -84,7 +84,7 @@ def causal_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
 
 def train_ar_baseline(config: RunConfig, max_steps: int | None = None) -> ARBaseline:
     """Train the baseline with plain TRL SFT on the recipe's training data and budget."""
-    _, tokenizer, _ = load_family_tokenizer(config.model)
+    _, tokenizer, _ = load_family_tokenizer(config.model, config.training.chat_template_path)
     model = causal_model(config, tokenizer)
     budget = {name: getattr(config.training, name) for name in BUDGET_FIELDS}
     if max_steps is not None:
