@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from sft.chat_files import CONVERSATION_KEYS, file_batches
+from sft.chat_rows import RowProblem, conversation, is_valid_text
 from sft.config import DataSettings
 from sft.errors import UserError
 
@@ -67,58 +70,96 @@ def data_files(path: str) -> tuple[str, list[str]]:
 
 def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
     """Load chat rows from files/directories, keeping only the conversation columns (and those of
-    `extra_columns` that a file has, e.g. `source` for task scoring)."""
+    `extra_columns` that a file has, e.g. `source` for task scoring).
+
+    Local files are read by `sft.chat_files` and checked row by row (`sft.chat_rows`, the check
+    `dlm-sft prepare` applies): a row that cannot be used keeps its place with `messages` None and
+    its reason in `problem`, so tokenization counts it; any schema, in any mix across files, reads.
+    """
     parts = []
     for path in [paths] if isinstance(paths, str) else paths:
         if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
             loaded = datasets.load_from_disk(path)
-        else:
-            builder, files = data_files(path)
-            empty = [f for f in files if Path(f).stat().st_size == 0]
-            if empty:
-                raise UserError("empty data file", file=empty[0], expected="chat rows")
-            verbosity = datasets.logging.get_verbosity()
-            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the UserError says it once
-            try:
-                loaded = datasets.load_dataset(builder, data_files=files, split="train")
-            except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
+            columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
+            if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
                 raise UserError(
-                    f"cannot read data: {_reader_message(err)}",
+                    f"no conversation columns (has {', '.join(loaded.column_names)})",
                     file=path,
-                    expected="one JSON object per line (.jsonl), a JSON list (.json) or parquet",
-                ) from None
-            finally:
-                datasets.logging.set_verbosity(verbosity)
-        columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
-        extra = [c for c in extra_columns if c in loaded.column_names]
-        if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
-            raise UserError(
-                f"no conversation columns (has {', '.join(loaded.column_names)})",
-                file=path,
-                expected="a 'messages' column or 'prompt' and 'completion'",
-            )
-        parts.append(loaded.select_columns(columns + extra))
+                    expected="a 'messages' column or 'prompt' and 'completion'",
+                )
+            extra = [c for c in extra_columns if c in loaded.column_names]
+            parts.append(loaded.select_columns(columns + extra))
+            continue
+        _, files = data_files(path)
+        empty = [f for f in files if Path(f).stat().st_size == 0]
+        if empty:
+            raise UserError("empty data file", file=empty[0], expected="chat rows")
+        parts.append(_checked_rows(files, tuple(extra_columns)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _reader_message(err: BaseException) -> str:
-    """The reader's own message: `datasets` wraps it in a DatasetGenerationError without detail."""
-    current: BaseException | None = err
-    for _ in range(10):
-        if current is None:
-            break
-        text = str(current).strip()
-        if text and not isinstance(current, datasets.exceptions.DatasetGenerationError):
-            return text.splitlines()[0]
-        current = current.__cause__ or current.__context__
-    return type(err).__name__
+READER_VERSION = 1
+"""Bumped when reading or checking rows changes, so rows read by older code are not reused."""
+
+
+def _checked_rows(files: list[str], extra_columns: tuple[str, ...]) -> datasets.Dataset:
+    """The checked rows of local files as an Arrow dataset on disk (built once per file version:
+    the fingerprint is the files' paths, sizes and modification times)."""
+    stamps = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    key = json.dumps([READER_VERSION, stamps, extra_columns])
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    features = datasets.Features(
+        {
+            "messages": datasets.List(message),
+            "problem": datasets.Value("string"),
+            **{c: datasets.Value("string") for c in extra_columns},
+        }
+    )
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        return datasets.Dataset.from_generator(
+            _generate_checked_rows,
+            features=features,
+            gen_kwargs={"files": files, "extra_columns": extra_columns},
+            fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32],
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, UserError):  # the reader's one-line error, not the wrapper
+            raise err.__cause__ from None
+        raise
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _generate_checked_rows(files: list[str], extra_columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    for file in files:
+        seen_keys: set[str] = set()
+        for batch in file_batches(Path(file), batch_rows=2048):
+            for raw in batch.rows:
+                if isinstance(raw, dict) and len(seen_keys) < 100:
+                    seen_keys.update(str(k) for k in list(raw)[:100])
+                try:
+                    messages, problem = conversation(raw), None
+                except RowProblem as err:
+                    messages, problem = None, err.reason
+                extra = {c: raw.get(c) if isinstance(raw, dict) else None for c in extra_columns}
+                extra = {c: v if isinstance(v, str) and is_valid_text(v) else None for c, v in extra.items()}
+                yield {"messages": messages, "problem": problem, **extra}
+        if seen_keys and not seen_keys & set(CONVERSATION_KEYS):
+            raise UserError(
+                f"no conversation columns (has {', '.join(sorted(seen_keys)[:10])})",
+                file=file,
+                expected="a 'messages' column, ShareGPT 'conversations', or 'prompt' and 'completion'",
+            )
 
 
 def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """A row's conversation as a list of {role, content} (prompt/completion become one exchange)."""
-    if row.get("messages") is not None:
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    """A row's checked conversation as a list of {role, content}; raises `RowProblem` for a row
+    that cannot be trained on (the reason it is counted under)."""
+    if row.get("problem"):
+        raise RowProblem(row["problem"])
+    return conversation(row)
 
 
 def tokenize_conversation(
@@ -182,7 +223,7 @@ def _status(reason: str) -> dict[str, Any]:
     return {"input_ids": [], "prompt_length": 0, "truncated": False, "status": reason}
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bumped when tokenization changes, so old caches are not reused."""
 
 
@@ -231,8 +272,8 @@ def tokenize_dataset(
             row = {name: values[i] for name, values in batch.items()}
             try:
                 messages = to_messages(row)
-            except (KeyError, TypeError):
-                examples = [_status("malformed")]
+            except RowProblem as problem:
+                examples = [_status(problem.reason)]
             else:
                 examples = tokenize_conversation(
                     messages,
@@ -258,6 +299,8 @@ def tokenize_dataset(
     counts = Counter(mapped["status"])
     kept = mapped.filter(lambda s: s in KEPT, input_columns="status")
     kept = kept.remove_columns("status").add_column("example_id", list(range(len(kept))))
+    if len(kept) == 0:  # nothing to cache: an empty dataset cannot be read back from disk
+        return TokenizedData(kept, counts)
     partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     kept.save_to_disk(str(partial / "examples"))

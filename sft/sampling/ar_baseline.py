@@ -103,7 +103,7 @@ def train_ar_baseline(config: RunConfig, max_steps: int | None = None) -> ARBase
         **{k: v for k, v in budget.items() if k in known},
     )
     rows = load_chat_rows(config.data.train)
-    dataset = datasets.Dataset.from_list([{"messages": to_messages(r)} for r in rows])
+    dataset = datasets.Dataset.from_list([{"messages": to_messages(r)} for r in rows if not r.get("problem")])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()

@@ -17,6 +17,7 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sft.chat_rows import RowProblem
 from sft.config import DataSettings, DiffusionSFTConfig, RunConfig
 from sft.data import load_chat_rows, to_messages, tokenize_dataset
 from sft.errors import UserError
@@ -120,9 +121,15 @@ def resolve_target(
 
 
 def read_rows(paths: str | list[str]) -> list[dict]:
-    """The rows of chat data files as conversations (`messages`) with their `source`, for scoring."""
-    rows = load_chat_rows(paths, extra_columns=("source",))
-    return [{"messages": to_messages(row), "source": row.get("source")} for row in rows]
+    """The rows of chat data files as conversations (`messages`) with their `source`, for scoring;
+    rows that fail the row check are left out, as training leaves them out."""
+    out = []
+    for row in load_chat_rows(paths, extra_columns=("source",)):
+        try:
+            out.append({"messages": to_messages(row), "source": row.get("source")})
+        except RowProblem:
+            continue
+    return out
 
 
 def eval_loss(
