@@ -73,7 +73,8 @@ def _prepare_data(config: RunConfig) -> PreparedData:
         data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
         if len(data.dataset) == 0:
             raise UserError(
-                f"no examples to train on: {split_summary(data)}",
+                f"no examples to train on in {paths if isinstance(paths, str) else ', '.join(paths)}: "
+                + split_summary(data),
                 file=config.source,
                 key=key,
                 expected="rows with a user turn and an assistant reply that fit data.max_length",

@@ -444,7 +444,7 @@ def test_a_training_set_with_every_row_dropped_is_one_line_and_leaves_no_cache(q
         capsys.readouterr()
         assert main(["train", str(tmp_path / "train.yaml")]) == 2
         line = _error_line(capsys)
-        assert "data.train: no examples to train on: 0 of 3" in line
+        assert "data.train: no examples to train on in " in line and "bad.jsonl: 0 of 3" in line
         assert "dropped 3: not_ending_with_assistant=2, prompt_too_long=1" in line
         cache = tmp_path / "run" / "tokenized"
         assert not cache.exists() or not any(cache.iterdir())
