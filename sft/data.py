@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 from sft.chat_files import CONVERSATION_KEYS, file_batches
@@ -100,58 +101,58 @@ def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) 
 
 READER_VERSION = 1
 """Bumped when reading or checking rows changes, so rows read by older code are not reused."""
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 def _checked_rows(files: list[str], extra_columns: tuple[str, ...]) -> datasets.Dataset:
-    """The checked rows of local files as an Arrow dataset on disk (built once per file version:
-    the fingerprint is the files' paths, sizes and modification times)."""
+    """The checked rows of local files, memory-mapped from an Arrow file in the datasets cache
+    (`HF_DATASETS_CACHE/dlm-sft-rows/<key>`), written once per version of the files: the key is
+    their paths, sizes and modification times."""
     stamps = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    key = json.dumps([READER_VERSION, stamps, extra_columns])
-    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
-    features = datasets.Features(
-        {
-            "messages": datasets.List(message),
-            "problem": datasets.Value("string"),
-            **{c: datasets.Value("string") for c in extra_columns},
-        }
-    )
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    try:
-        return datasets.Dataset.from_generator(
-            _generate_checked_rows,
-            features=features,
-            gen_kwargs={"files": files, "extra_columns": extra_columns},
-            fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32],
+    key = hashlib.sha256(json.dumps([READER_VERSION, stamps, extra_columns]).encode()).hexdigest()[:32]
+    path = Path(datasets.config.HF_DATASETS_CACHE) / "dlm-sft-rows" / key / "rows.arrow"
+    if not path.is_file():
+        schema = pa.schema(
+            [("messages", MESSAGES), ("problem", pa.string())] + [(c, pa.string()) for c in extra_columns]
         )
-    except datasets.exceptions.DatasetGenerationError as err:
-        if isinstance(err.__cause__, UserError):  # the reader's one-line error, not the wrapper
-            raise err.__cause__ from None
-        raise
-    finally:
-        datasets.logging.set_verbosity(verbosity)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"rows.arrow.partial-{os.getpid()}")
+        try:
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for file in files:
+                    for columns in _checked_columns(Path(file), extra_columns):
+                        writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(path))
 
 
-def _generate_checked_rows(files: list[str], extra_columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    for file in files:
-        seen_keys: set[str] = set()
-        for batch in file_batches(Path(file), batch_rows=2048):
-            for raw in batch.rows:
-                if isinstance(raw, dict) and len(seen_keys) < 100:
-                    seen_keys.update(str(k) for k in list(raw)[:100])
-                try:
-                    messages, problem = conversation(raw), None
-                except RowProblem as err:
-                    messages, problem = None, err.reason
-                extra = {c: raw.get(c) if isinstance(raw, dict) else None for c in extra_columns}
-                extra = {c: v if isinstance(v, str) and is_valid_text(v) else None for c, v in extra.items()}
-                yield {"messages": messages, "problem": problem, **extra}
-        if seen_keys and not seen_keys & set(CONVERSATION_KEYS):
-            raise UserError(
-                f"no conversation columns (has {', '.join(sorted(seen_keys)[:10])})",
-                file=file,
-                expected="a 'messages' column, ShareGPT 'conversations', or 'prompt' and 'completion'",
-            )
+def _checked_columns(file: Path, extra_columns: tuple[str, ...]) -> Iterator[dict[str, list]]:
+    """A file's rows, batch by batch, as columns: `messages` (None for a bad row), `problem` (its
+    reason) and the `extra_columns` (None unless valid text)."""
+    keys: set[str] = set()
+    for batch in file_batches(file, batch_rows=2048):
+        columns: dict[str, list] = {"messages": [], "problem": [], **{c: [] for c in extra_columns}}
+        for raw in batch.rows:
+            if isinstance(raw, dict) and len(keys) < 100:
+                keys.update(map(str, raw))
+            try:
+                messages, problem = conversation(raw), None
+            except RowProblem as err:
+                messages, problem = None, err.reason
+            columns["messages"].append(messages)
+            columns["problem"].append(problem)
+            for name in extra_columns:
+                value = raw.get(name) if isinstance(raw, dict) else None
+                columns[name].append(value if isinstance(value, str) and is_valid_text(value) else None)
+        yield columns
+    if keys and not keys & set(CONVERSATION_KEYS):
+        raise UserError(
+            f"no conversation columns (has {', '.join(sorted(keys)[:10])})",
+            file=str(file),
+            expected="a 'messages' column, ShareGPT 'conversations', or 'prompt' and 'completion'",
+        )
 
 
 def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
