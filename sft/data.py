@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,16 @@ def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     if row.get("problem"):
         raise RowProblem(row["problem"])
     return conversation(row)
+
+
+def usable_rows(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], list[dict[str, str]]]]:
+    """(row, its checked conversation) for each row that passes the row check; the others are
+    left out, as training leaves them out."""
+    for row in rows:
+        try:
+            yield row, to_messages(row)
+        except RowProblem:
+            continue
 
 
 def tokenize_conversation(
