@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from data_prep.sources import ROLES, Row
+from data_prep.sources import Row
 from sft.errors import UserError
 from sft.families.base import load_tokenizer_dir
 
@@ -33,29 +33,6 @@ CHATML_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def check_conversation(messages: list[dict[str, str]]) -> str | None:
-    """Conversation-shape checks on schema-valid messages; returns a malformed detail or None.
-
-    Valid: an optional system turn first, then user/assistant strictly alternating, starting with
-    user and ending with assistant, no empty or whitespace-only content.
-    """
-    for message in messages:
-        if message["role"] not in ROLES:
-            return "unknown_role"
-        if not message["content"].strip():
-            return "empty_content"
-    roles = [m["role"] for m in messages]
-    if "user" not in roles:
-        return "no_user_turn"
-    if roles[-1] != "assistant":
-        return "not_ending_with_assistant"
-    body = roles[1:] if roles[0] == "system" else roles
-    for index, role in enumerate(body):
-        if role != ("user" if index % 2 == 0 else "assistant"):
-            return "roles_out_of_order"
-    return None
 
 
 def source_excluded(row: Row, include: Sequence[str], exclude: Sequence[str]) -> str | None:

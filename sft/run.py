@@ -62,16 +62,33 @@ def prepare_data(config: RunConfig) -> PreparedData:
 
 def _prepare_data(config: RunConfig) -> PreparedData:
     family, tokenizer, eos_id = load_family_tokenizer(config.model, config.training.chat_template_path)
+    if not tokenizer.chat_template:
+        raise UserError(
+            "the tokenizer has no chat template to render the conversations with",
+            file=config.model.tokenizer or config.model.name_or_path,
+            key="model.tokenizer" if config.model.tokenizer else "model.name_or_path",
+            expected="'chat_template' in tokenizer_config.json, chat_template.jinja, "
+            "or training.chat_template_path",
+        )
 
-    def tokenized(paths: Any) -> TokenizedData:
-        return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+    def tokenized(paths: Any, key: str) -> TokenizedData:
+        data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+        if len(data.dataset) == 0:
+            raise UserError(
+                f"no examples to train on in {paths if isinstance(paths, str) else ', '.join(paths)}: "
+                + split_summary(data),
+                file=config.source,
+                key=key,
+                expected="rows with a user turn and an assistant reply that fit data.max_length",
+            )
+        return data
 
     return PreparedData(
         family,
         tokenizer,
         eos_id,
-        tokenized(config.data.train),
-        tokenized(config.data.eval) if config.data.eval else None,
+        tokenized(config.data.train, "data.train"),
+        tokenized(config.data.eval, "data.eval") if config.data.eval else None,
     )
 
 
@@ -143,15 +160,25 @@ def build_trainer(
     return trainer
 
 
+def split_summary(split: TokenizedData) -> str:
+    """`kept of total (truncated t; dropped d: reason=n, ...)`: total = kept + dropped, where each
+    row counts once (with `multi_turn: all`, once per assistant turn)."""
+    dropped = split.dropped
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
+    total = sum(split.counts.values())
+    truncated = split.counts.get("truncated", 0)
+    return f"{len(split.dataset)} of {total} (truncated {truncated}; dropped {sum(dropped.values())}" + (
+        f": {reasons})" if reasons else ")"
+    )
+
+
 def data_summary(data: PreparedData) -> list[str]:
-    """One line per split: examples kept, truncated, and dropped by reason."""
-    lines = []
-    for name, split in (("train", data.train), ("eval", data.eval)):
-        if split is not None:
-            dropped = ", ".join(f"{k}={v}" for k, v in sorted(split.dropped.items())) or "none"
-            truncated = split.counts.get("truncated", 0)
-            lines.append(f"{name} examples: {len(split.dataset)} (truncated {truncated}; dropped: {dropped})")
-    return lines
+    """One line per split: examples kept of those read, truncated, and dropped by reason."""
+    return [
+        f"{name} examples: {split_summary(split)}"
+        for name, split in (("train", data.train), ("eval", data.eval))
+        if split is not None
+    ]
 
 
 def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:

@@ -179,7 +179,7 @@ CASES: dict[str, Case] = {
     "invalid JSON lines": Case(
         lambda w: _dry(w, w.recipe(data={"train": str(w.data_file("bad.jsonl", '{"messages": [}\n'))})),
         lambda w: ["bad.jsonl"],
-        "cannot read data",
+        "no examples to train on",  # the one row is dropped as invalid_json
     ),
     "empty data file": Case(
         lambda w: _dry(w, w.recipe(data={"train": str(w.data_file("empty.jsonl", ""))})),
@@ -189,7 +189,7 @@ CASES: dict[str, Case] = {
     "parquet without messages": Case(
         lambda w: _dry(w, w.recipe(data={"train": str(_parquet_without_messages(w))})),
         lambda w: ["text.parquet"],
-        "'messages' column",
+        "no conversation columns",
     ),
     "unsupported data file": Case(
         lambda w: _dry(w, w.recipe(data={"train": str(w.data_file("rows.csv", "a,b\n"))})),
