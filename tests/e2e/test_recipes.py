@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 
 from sft.cli import main
 from tests.conftest import REPO, sort_rows, write_chat_rows
-from tests.hub_cache import use_hub_cache
+from tests.hub_cache import SMOLTALK, TULU, use_hub_cache
 
 SIZE = [
     "data.max_length=32",
@@ -112,6 +113,12 @@ def test_recipe_dry_runs_and_trains_two_steps_as_shipped(recipe, in_workspace, c
     if "lora" in shipped:
         base = json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
         assert base == shipped["model"]["name_or_path"]  # the hub id, not the cache path
+
+    card = ModelCard.load(run / "README.md")
+    base = shipped["model"]["name_or_path"]
+    assert card.data.base_model == (None if base.startswith("recipes/") else base)  # never a local path
+    if str(shipped["data"]["train"]).startswith("data/tulu3_smoltalk"):  # the sources behind `prepare`
+        assert card.data.datasets == [TULU, SMOLTALK]
 
     exported = in_workspace / "exports" / recipe.replace("/", "-")
     assert main(["export", str(run), "--output", str(exported)]) == 0
