@@ -126,3 +126,18 @@ def test_generate_and_export_take_a_hub_id(hub_cache, tmp_path, capsys):
     assert capsys.readouterr().out.strip()
     assert main(["export", dream, "--output", str(tmp_path / "native"), "--format", "native"]) == 0
     assert json.loads((tmp_path / "native" / "config.json").read_text())["model_type"] == "qwen2"
+
+
+def test_prepare_with_a_tokenizer_missing_offline_names_the_download(hub_cache, tmp_path):
+    from data_prep.pipeline import prepare
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"sources: [{{name: tulu, path: {TULU}}}]\n"
+        "filters: {max_tokens: 64, tokenizer: Dream-org/Dream-v9-Missing}\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    with pytest.raises(UserError) as err:
+        prepare(str(recipe), progress=False)
+    assert str(err.value).count("expected") == 1 and "filters.tokenizer" in str(err.value)
+    assert "hf download Dream-org/Dream-v9-Missing" in str(err.value)
