@@ -50,7 +50,7 @@ def lora_run(tmp_path_factory, hub_cache_dir) -> Path:
     return root / "run"
 
 
-def test_run_and_checkpoint_cards_describe_the_diffusion_lm_not_a_placeholder(lora_run):
+def test_run_and_checkpoint_cards_describe_the_diffusion_lm_not_a_placeholder(lora_run, hub_cache, capsys):
     for directory in (lora_run, lora_run / "checkpoint-1", lora_run / "checkpoint-2"):
         text = (directory / "README.md").read_text()
         card = ModelCard.load(directory / "README.md")
@@ -68,6 +68,9 @@ def test_run_and_checkpoint_cards_describe_the_diffusion_lm_not_a_placeholder(lo
     ]
     assert f"| final train loss | {losses[-1]:.4f} |" in final and "recipes/dream-7b/sft_lora.yaml" in final
     assert "| optimizer steps | 2 |" in final
+    # The card's `dlm-sft generate RUN` works: the adapter's base is the hub id, read from the cache.
+    assert main(["generate", str(lora_run), "--prompt", "Sort 321", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def python_blocks(text: str) -> list[str]:
