@@ -39,6 +39,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def offline() -> bool:
+    """`HF_HUB_OFFLINE`, as huggingface_hub read it: only the cache is consulted."""
     return bool(constants.HF_HUB_OFFLINE)
 
 
