@@ -66,7 +66,11 @@ class TokenCounter:
     def __init__(self, tokenizer_path: str, file: str = "") -> None:
         try:
             self.tokenizer = load_tokenizer_dir(tokenizer_path)
-        except Exception as exc:  # noqa: BLE001 - missing dir, offline hub id, broken files
+        except UserError as err:  # a hub id missing from the cache offline: say how to fetch it
+            raise UserError(
+                err.what, file=file or None, key="filters.tokenizer", expected=err.expected
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - missing dir, broken files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"cannot load tokenizer '{tokenizer_path}': {first}",

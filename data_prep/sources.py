@@ -1,7 +1,8 @@
 """Locating each source's data and adapting its rows to `Row(id, source, messages)`.
 
 A source is a local file, a glob, a directory in the hub's layout (`data/<config>/<split>-*.parquet`
-or `data/<split>-*.parquet`), or a hub id loaded with `datasets` (memory-mapped Arrow). Local files
+or `data/<split>-*.parquet`), or a hub id (`config`, `split`, `revision` as `datasets.load_dataset`
+takes them; read from the hub cache when cached, `sft.hub`) as memory-mapped Arrow. Local files
 are read by `sft.chat_files` and every row is checked by `sft.chat_rows` (the same reader and check
 `dlm-sft train` uses). An unreadable file is a `UserError`; a bad row is never an exception: it
 becomes a malformed detail that the pipeline counts.
@@ -20,9 +21,11 @@ from typing import Any
 import xxhash
 
 from data_prep.recipe import SourceSpec
+from sft import hub
 from sft.chat_files import SUFFIXES, RawBatch, file_batches
 from sft.chat_rows import BadRow, RowProblem, conversation, is_valid_text
 from sft.errors import UserError
+from sft.hub import DatasetRef
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "eval", "dev")
 REJECT_RAW_CHARS = 100_000
@@ -79,17 +82,11 @@ def resolve_files(spec: SourceSpec) -> list[Path] | None:
 
 
 def _hub_batches(spec: SourceSpec, batch_rows: int, key: str) -> Iterator[RawBatch]:
+    ref = DatasetRef(spec.path, spec.config, spec.split, spec.revision)
     try:
-        import datasets
-
-        dataset = datasets.load_dataset(spec.path, spec.config, split=spec.split)
-    except Exception as exc:  # noqa: BLE001 - offline, missing, private: one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"'{spec.path}' is not a local path and could not be loaded from the hub: {first}",
-            key=key,
-            expected="an existing file/directory or a reachable hub dataset id",
-        ) from exc
+        dataset = hub.load_dataset(ref)
+    except UserError as err:
+        raise UserError(err.what, key=key, expected=err.expected) from None
     start = 0
     for table in dataset.with_format("arrow").iter(batch_size=batch_rows):
         rows = table.to_pylist()

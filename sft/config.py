@@ -10,7 +10,7 @@ for recipe keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from trl import SFTConfig
@@ -185,7 +185,8 @@ TRL and transformers."""
 class ModelSettings:
     """The recipe's `model:` section.
 
-    name_or_path: a local model directory (or a hub id where a network exists). Required.
+    name_or_path: a local model directory or a hub id (read from the hub cache, fetched when missing;
+        offline, `HF_HUB_OFFLINE=1`, only the cache). Required.
     family: `auto` (from config.json), `dream`, `llada`, `ar` (any Qwen2/Llama causal LM made
         bidirectional, with a `<|mask|>` token added when the tokenizer lacks one) or `remote`
         (an unknown family through its own code; needs `trust_remote_code`).
@@ -216,8 +217,12 @@ class DataSettings:
     """The recipe's `data:` section.
 
     train: a chat data file (`.jsonl`, `.json`, `.parquet`) or directory (parquet shards, the hub
-        layout with `data/`, or a `datasets.save_to_disk` directory), or a list of them. Rows
-        have `messages` (list of {role, content}, the Tulu 3 schema) or `prompt`/`completion`.
+        layout with `data/`, or a `Dataset.save_to_disk` directory), a hub dataset id
+        (`HuggingFaceTB/smoltalk`) or a mapping `{name, config, split, revision}` as
+        `datasets.load_dataset` takes them (`name` may also be a `DatasetDict.save_to_disk`
+        directory, `split` choosing its split), or a list of these. Hub datasets are read from the
+        hub cache when cached (offline too), else downloaded. Rows have `messages` (list of
+        {role, content}, the Tulu 3 schema) or `prompt`/`completion`.
     eval: the same, for evaluation (optional).
     max_length: longest training row in tokens (prompt + response + EOS tail).
     multi_turn: `last` (Dream: the history is the prompt, the last assistant turn the response)
@@ -236,8 +241,8 @@ class DataSettings:
         max_length, leaving nothing to pack.
     """
 
-    train: str | list[str] = ""
-    eval: str | list[str] | None = None
+    train: str | dict[str, Any] | list[str | dict[str, Any]] = ""
+    eval: str | dict[str, Any] | list[str | dict[str, Any]] | None = None
     max_length: int = 2048
     multi_turn: Literal["last", "all"] = "last"
     truncation: Literal["drop", "truncate_response"] = "drop"

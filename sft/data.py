@@ -26,10 +26,12 @@ import datasets
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
+from sft import hub
 from sft.chat_files import CONVERSATION_KEYS, file_batches
 from sft.chat_rows import RowProblem, conversation, is_valid_text
 from sft.config import DataSettings
 from sft.errors import UserError
+from sft.hub import DatasetRef
 
 KEPT = ("ok", "truncated")
 """Statuses of examples that are trained on; every other status is a reason for dropping."""
@@ -67,37 +69,74 @@ def data_files(path: str) -> tuple[str, list[str]]:
             file=path,
             expected="a directory of chat data shards",
         )
-    raise UserError("data path not found", file=path, expected="an existing file or directory")
+    raise UserError(
+        "data path not found", file=path, expected="an existing file or directory, or a hub dataset id"
+    )
 
 
-def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
-    """Load chat rows from files/directories, keeping only the conversation columns (and those of
-    `extra_columns` that a file has, e.g. `source` for task scoring).
+def load_chat_rows(
+    paths: str | dict[str, Any] | list[str | dict[str, Any]], extra_columns: tuple[str, ...] = ()
+) -> datasets.Dataset:
+    """Load chat rows from files, directories and hub datasets (`sft.hub.DatasetRef`: an `org/name`
+    string or a `{name, config, split, revision}` mapping), keeping only the conversation columns
+    (and those of `extra_columns` that a source has, e.g. `source` for task scoring).
 
     Local files are read by `sft.chat_files` and checked row by row (`sft.chat_rows`, the check
     `dlm-sft prepare` applies): a row that cannot be used keeps its place with `messages` None and
     its reason in `problem`, so tokenization counts it; any schema, in any mix across files, reads.
+    Hub datasets and `save_to_disk` directories are read as they are; `to_messages` checks their rows.
     """
     parts = []
-    for path in [paths] if isinstance(paths, str) else paths:
-        if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
-            loaded = datasets.load_from_disk(path)
-            columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
+    for item in [paths] if isinstance(paths, (str, dict)) else paths:
+        loaded = _dataset(item)
+        if loaded is not None:
+            dataset, name = loaded
+            columns = [c for c in ("messages", "prompt", "completion") if c in dataset.column_names]
             if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
                 raise UserError(
-                    f"no conversation columns (has {', '.join(loaded.column_names)})",
-                    file=path,
+                    f"no conversation columns (has {', '.join(dataset.column_names)})",
+                    file=name,
                     expected="a 'messages' column or 'prompt' and 'completion'",
                 )
-            extra = [c for c in extra_columns if c in loaded.column_names]
-            parts.append(loaded.select_columns(columns + extra))
+            extra = [c for c in extra_columns if c in dataset.column_names]
+            parts.append(dataset.select_columns(columns + extra))
             continue
-        _, files = data_files(path)
+        _, files = data_files(str(item))
         empty = [f for f in files if Path(f).stat().st_size == 0]
         if empty:
             raise UserError("empty data file", file=empty[0], expected="chat rows")
         parts.append(_checked_rows(files, tuple(extra_columns)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def dataset_ref(item: str | dict[str, Any]) -> DatasetRef | None:
+    """The hub dataset (or split of a local `DatasetDict`) an entry of `data.train`/`data.eval`
+    names; None for a local file or directory given as a string."""
+    if isinstance(item, dict):
+        return DatasetRef(**item)
+    return DatasetRef(item) if hub.is_dataset_id(item) else None
+
+
+def _dataset(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str] | None:
+    """An entry of `data.train`/`data.eval` that is a hub dataset or a `save_to_disk` directory, as a
+    Dataset with its name for messages; None for local data files."""
+    ref = dataset_ref(item)
+    if ref is not None and not Path(ref.name).exists():
+        return hub.load_dataset(ref), ref.name
+    path = ref.name if ref is not None else str(item)
+    if Path(path, "dataset_dict.json").is_file():  # a DatasetDict.save_to_disk root
+        splits = datasets.load_from_disk(path)
+        split = ref.split if ref is not None else None
+        if split not in splits:
+            raise UserError(
+                f"a DatasetDict with splits {', '.join(splits)}; choose one",
+                file=path,
+                expected=f"{path}/<split> or {{name: {path}, split: <split>}}",
+            )
+        return splits[split], path
+    if Path(path, "state.json").is_file():  # a Dataset.save_to_disk directory
+        return datasets.load_from_disk(path), path
+    return None
 
 
 READER_VERSION = 1

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from sft import hub
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
@@ -29,6 +30,7 @@ from sft.config import (
 )
 from sft.errors import UserError
 from sft.families import FAMILIES
+from sft.hub import DatasetRef
 from sft.validation import (
     apply_override,
     build_dataclass,
@@ -229,6 +231,25 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         ) from None
 
 
+def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> None:
+    """A data entry is an existing file or directory, a hub dataset id, or a `DatasetRef` mapping."""
+    if isinstance(item, dict):
+        ref = build_dataclass(DatasetRef, item, where, file)
+        if not ref.name:
+            raise UserError("missing", file=file, key=f"{where}.name", expected="a hub dataset id or a path")
+        if not Path(ref.name).exists() and not is_hub_id(ref.name):
+            raise UserError(
+                f"not found: {ref.name}", file=file, key=f"{where}.name", expected="a hub dataset id or path"
+            )
+    elif not Path(item).exists() and not hub.is_dataset_id(item):
+        raise UserError(
+            f"file not found: {item}",
+            file=file,
+            key=where,
+            expected="an existing .jsonl/.json/.parquet file or directory, or a hub dataset id",
+        )
+
+
 def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -> None:
     if model.family != "auto" and model.family not in FAMILIES:
         raise UserError(
@@ -259,14 +280,10 @@ def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -
         raise UserError("missing", file=file, key="data.train", expected="a chat data file or dir")
     for key in ("train", "eval"):
         value = getattr(data, key)
-        for item in [value] if isinstance(value, str) else (value or []):
-            if not Path(item).exists():
-                raise UserError(
-                    f"file not found: {item}",
-                    file=file,
-                    key=f"data.{key}",
-                    expected="an existing .jsonl/.json/.parquet file or directory",
-                )
+        items = [value] if isinstance(value, (str, dict)) else (value or [])
+        for index, item in enumerate(items):
+            where = f"data.{key}" if isinstance(value, (str, dict)) else f"data.{key}.{index}"
+            _check_data_source(item, where, file)
     if data.max_length < 2:
         raise UserError(
             f"too small: {data.max_length}",

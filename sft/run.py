@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sft.collate import DiffusionCollator, pack_examples
 from sft.config import DiffusionSFTConfig, RunConfig
 from sft.data import TokenizedData, load_chat_rows, tokenize_dataset
 from sft.errors import UserError
-from sft.families.base import Family, LoadedModel
+from sft.export import model_card
+from sft.families.base import FAMILY_KEY, Family, LoadedModel
 from sft.families.loader import load_family_tokenizer, load_model
 from sft.trainer import DiffusionSFTTrainer
 
@@ -143,7 +145,7 @@ def build_trainer(
     if config.data.batching == "pack":
         collator = DiffusionCollator.from_args(args, data.eos_token_id, config.data.max_length, train_rows)
         train_rows = pack_examples(train_rows, collator)
-    return DiffusionSFTTrainer(
+    trainer = DiffusionSFTTrainer(
         loaded.model,
         args,
         eos_token_id=data.eos_token_id,
@@ -154,6 +156,8 @@ def build_trainer(
         processing_class=loaded.tokenizer,
         peft_config=lora_config(config),
     )
+    trainer.add_callback(ModelCardCallback(config, loaded.family.name))
+    return trainer
 
 
 def split_summary(split: TokenizedData) -> str:
@@ -185,16 +189,60 @@ def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
     if not trainer.is_world_process_zero():
         return
     trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
-    history = trainer.state.log_history
-    last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
+    record = run_record(config, trainer.state)
     run = {
-        "source": config.source,
-        "recipe": config.sections(),
-        "global_step": trainer.state.global_step,
-        "final_train_loss": last["loss"],
-        "final_eval_loss": last["eval_loss"],
+        "source": record.source,
+        "recipe": record.recipe,
+        "global_step": record.global_step,
+        "final_train_loss": record.train_loss,
+        "final_eval_loss": record.eval_loss,
     }
     (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    write_run_card(output, config, trainer.state, str(getattr(trainer.model.config, FAMILY_KEY, "")))
+
+
+def run_record(config: RunConfig, state: TrainerState) -> model_card.RunRecord:
+    """The recipe, steps and last losses of a run so far."""
+    history = state.log_history
+    last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
+    return model_card.RunRecord(
+        recipe=config.sections(),
+        source=config.source,
+        global_step=state.global_step,
+        train_loss=last["loss"],
+        eval_loss=last["eval_loss"],
+    )
+
+
+def write_run_card(directory: Path, config: RunConfig, state: TrainerState, family: str) -> None:
+    """dlm-sft's model card for a training output or checkpoint (replacing peft's and TRL's)."""
+    adapter_config = directory / "adapter_config.json"
+    facts = model_card.CardFacts(
+        title=directory.name,
+        family=family,
+        base_model=config.model.name_or_path,
+        run=run_record(config, state),
+        adapter=json.loads(adapter_config.read_text()) if adapter_config.is_file() else None,
+        location=str(directory),
+    )
+    model_card.write(directory, facts)
+
+
+class ModelCardCallback(TrainerCallback):
+    """After every checkpoint save, writes the model card into the checkpoint and the output directory
+    (where TRL and peft put their placeholder cards)."""
+
+    def __init__(self, config: RunConfig, family: str) -> None:
+        self.config = config
+        self.family = family
+
+    def on_save(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        output = Path(args.output_dir)
+        for directory in (output / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", output):
+            if directory.is_dir():
+                write_run_card(directory, self.config, state, self.family)
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:

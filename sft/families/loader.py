@@ -1,19 +1,23 @@
 """Pick the family of a checkpoint and load it: tokenizer, model, mask token; and translate any
 family's config.json into transformers' own (for export and planning).
 
-`load_model(settings)` detects the family from config.json (or takes `model.family`), loads the
-tokenizer (pad token set), builds the model through the family and records `dlm_family` and
-`mask_token_id` in its config, so a saved run reloads with the same behaviour.
+`load_model(settings)` resolves hub ids to their cached snapshots (`sft.hub`), detects the family from
+config.json (or takes `model.family`), loads the tokenizer (pad token set), builds the model through the
+family and records `dlm_family` and `mask_token_id` in its config, so a saved run reloads with the
+same behaviour. The model keeps the name it was asked for (a hub id stays a hub id, which is what
+adapters and model cards record as the base), never the cache path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families import FAMILIES
@@ -49,11 +53,23 @@ def resolve_family(settings: ModelSettings) -> tuple[Family, dict[str, Any]]:
     return FAMILIES[settings.family], config
 
 
+def local_settings(settings: ModelSettings, *, weights: bool = True) -> ModelSettings:
+    """`settings` with hub ids replaced by their local snapshot directories (fetched when missing;
+    `weights=False`: config, tokenizer and remote code only)."""
+    need_weights = weights and not settings.from_scratch
+    return dataclasses.replace(
+        settings,
+        name_or_path=str(hub.model_dir(settings.name_or_path, weights=need_weights)),
+        tokenizer=str(hub.model_dir(settings.tokenizer, weights=False)) if settings.tokenizer else None,
+    )
+
+
 def load_family_tokenizer(
     settings: ModelSettings, chat_template_path: str | None = None
 ) -> tuple[Family, PreTrainedTokenizerBase, int]:
     """The family, its tokenizer (pad token set; chat template replaced by the file at
     `chat_template_path` when given) and the EOS-tail token id, without the weights."""
+    settings = local_settings(settings, weights=False)
     family, _ = resolve_family(settings)
     tokenizer = family.load_tokenizer(settings)
     if chat_template_path:
@@ -84,13 +100,16 @@ def read_chat_template(path: str) -> str:
 
 def load_model(settings: ModelSettings, seed: int = 0, chat_template_path: str | None = None) -> LoadedModel:
     """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
-    family, config = resolve_family(settings)
-    _, tokenizer, eos_id = load_family_tokenizer(settings, chat_template_path)
+    local = local_settings(settings)
+    family, config = resolve_family(local)
+    _, tokenizer, eos_id = load_family_tokenizer(local, chat_template_path)
     torch.manual_seed(seed)
-    model = family.load_model(settings, config, tokenizer)
-    mask_id = _mask_token_id(model, tokenizer, settings)
+    model = family.load_model(local, config, tokenizer)
+    mask_id = _mask_token_id(model, tokenizer, local)
     model.config.mask_token_id = mask_id
     setattr(model.config, FAMILY_KEY, family.name)
+    model.config._name_or_path = settings.name_or_path  # the hub id, not its cache path
+    model.name_or_path = settings.name_or_path
     return LoadedModel(model, tokenizer, family, mask_id, eos_id)
 
 

@@ -383,7 +383,7 @@ def test_recipe_errors_are_one_line_user_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no retry delays
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match="could not be loaded from the hub"):
+    with pytest.raises(UserError, match="no-such-dataset-xyz. is neither a local path nor in the hub cache"):
         prepare(str(good), ["sources.0.path=nobody-here/no-such-dataset-xyz"], progress=False)
 
 

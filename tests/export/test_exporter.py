@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -188,7 +189,13 @@ def test_model_card_records_the_run_and_never_a_token(bases, chat, tmp_path):
     out = tmp_path / "instruct"
     assert main(["export", str(run), "--output", str(out), "--max-shard-size", "30KB"]) == 0
     card = (out / "README.md").read_text()
-    assert f"base_model: {bases['dream']}" in card and str(chat) in card and "recipes/sort.yaml" in card
+    assert ModelCard.load(out / "README.md").data.base_model is None  # a local base is not a hub id
+    assert str(bases["dream"]) not in card and str(chat) not in card  # nor is its path ever written
+    assert (
+        f"local `{bases['dream'].name}`" in card
+        and f"local `{chat.name}`" in card
+        and "recipes/sort.yaml" in card
+    )
     assert "| optimizer steps | 2 |" in card and "3.2500" in card and "3.5000" in card
     assert "hf_abcdefghijklmnop" not in card and "hf_secretvalue123" not in card
     assert (
