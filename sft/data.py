@@ -6,8 +6,8 @@ applies (`sft.chat_rows`) before it reaches the tokenizer. The tokenizer's chat 
 each example; the response is everything the template adds for the target assistant turn (for
 ChatML: the content, `<|im_end|>` and the newline), followed by one EOS. The prompt/response
 boundary comes from the rendered text: tokens that start before the end of the rendered prompt
-belong to the prompt, so a prompt token is never supervised. Every row that yields no example is counted by reason; nothing is dropped
-silently.
+belong to the prompt, so a prompt token is never supervised. Every row that yields no example is
+counted by reason; nothing is dropped silently.
 """
 
 from __future__ import annotations
