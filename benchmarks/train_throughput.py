@@ -260,12 +260,15 @@ def run_mode(
 def chunked_recompute_head(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, token_weights: torch.Tensor
 ) -> torch.Tensor:
-    """The head the fused one replaced: CE per chunk, each chunk's logits recomputed in the backward."""
+    """The head the fused one replaced: CE per chunk; with more than one chunk, each chunk's logits
+    are recomputed in the backward."""
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return (F.cross_entropy(F.linear(h, weight).float(), y, reduction="none") * w).sum()
 
-    chunks = zip(*(t.split(HEAD_CHUNK_TOKENS) for t in (hidden, targets, token_weights)))
+    chunks = list(zip(*(t.split(HEAD_CHUNK_TOKENS) for t in (hidden, targets, token_weights))))
+    if len(chunks) == 1:
+        return chunk_loss(*chunks[0])
     return sum(checkpoint(chunk_loss, h, y, w, use_reentrant=False) for h, y, w in chunks)
 
 
@@ -292,6 +295,7 @@ def head_benchmark(tokens: int, hidden: int, repeats: int) -> dict[str, dict[str
                     loss_fn().backward()
                     seconds = time.perf_counter() - start
                 key = f"{name} {'trained' if trained else 'frozen'}"
+                print(f"{key}: {seconds:.1f} s, {memory['peak_gib']:.2f} GiB", flush=True)
                 best = results.setdefault(key, {"seconds": float("inf"), "peak_gib": 0.0})
                 best["seconds"] = min(best["seconds"], seconds)
                 best["peak_gib"] = max(best["peak_gib"], memory["peak_gib"])
