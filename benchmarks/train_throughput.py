@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.examples, args.max_length, args.batch_size, args.hidden = 8, 256, 4, 64
-        args.head_tokens, args.head_hidden, args.head_repeats = 600, 64, 1
+        args.head_tokens, args.head_hidden, args.head_repeats = 520, 32, 1
     torch.manual_seed(0)
     if args.head_only:
         return report_head(args)
