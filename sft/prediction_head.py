@@ -10,7 +10,7 @@ full logits).
 
 It patches the forward on the model instance (as TRL does for its fused LM head) so that
 DDP, FSDP and DeepSpeed, which wrap the model and call it, see one ordinary forward call. The head
-computation is one call, `head_loss`.
+computation is one call, `head_loss` (where a ZeRO-3 gather of the head's parameters belongs).
 """
 
 from __future__ import annotations
