@@ -67,7 +67,7 @@ def test_rows_without_an_assistant_turn_are_counted_not_crashed(tokenizer, tmp_p
         load_chat_rows(str(path)), tokenizer, DataSettings(train=str(path)), tokenizer.eos_token_id
     )
     assert len(data.dataset) == 2
-    assert data.dropped == {"no_assistant_turn": 1}
+    assert data.dropped == {"not_ending_with_assistant": 1}
     assert data.dataset["example_id"] == [0, 1]
 
 
@@ -77,7 +77,7 @@ def test_parquet_directories_and_files_load_alike(tokenizer, tmp_path):
     pq.write_table(table, tmp_path / "train" / "part-0.parquet")
     pq.write_table(table, tmp_path / "train" / "part-1.parquet")
     assert len(load_chat_rows(str(tmp_path / "train"))) == 6
-    assert load_chat_rows(str(tmp_path / "train" / "part-0.parquet")).column_names == ["messages"]
+    assert load_chat_rows(str(tmp_path / "train" / "part-0.parquet")).column_names == ["messages", "problem"]
 
 
 def test_unreadable_inputs_are_one_clear_error(tmp_path):

@@ -16,7 +16,6 @@ from sft.config import DataSettings, ModelSettings
 from sft.data import load_chat_rows, tokenize_dataset
 from sft.families.loader import load_model
 from sft.packing import best_fit_decreasing
-from sft.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
 from sft.run import build_trainer
 from tests.conftest import recipe_dict
@@ -42,7 +41,6 @@ def setup(qwen2_dir, tmp_path_factory):
     path = write_chat_rows(tmp_path_factory.mktemp("pack") / "rows.jsonl", sort_rows(24, seed=3))
     loaded = load_model(ModelSettings(name_or_path=str(qwen2_dir)))
     loaded.model.eval()
-    enable_prediction_positions(loaded.model)
     examples = tokenize_dataset(
         load_chat_rows(str(path)),
         loaded.tokenizer,
@@ -143,12 +141,10 @@ def weighted_token_losses(model, batch, implementation, weighting="cart", tail_a
     )
     rows, cols = noised.masked.nonzero(as_tuple=True)
     source = objective.prediction_source(cols, batch["positions"][rows, cols], shift=True)
-    ce = model(
-        input_ids=noised.noisy_ids,
-        **attention_inputs(batch, implementation, torch.float32),
-        prediction_positions=(rows, source),
-        prediction_targets=batch["input_ids"][rows, cols],
-    )
+    logits = model(
+        input_ids=noised.noisy_ids, **attention_inputs(batch, implementation, torch.float32)
+    ).logits
+    ce = F.cross_entropy(logits[rows, source], batch["input_ids"][rows, cols], reduction="none")
     return ce * noised.weights[rows, cols], batch["doc_ids"][rows, cols]
 
 
