@@ -14,11 +14,14 @@ DDP, FSDP and DeepSpeed, which wrap the model and call it, see one ordinary forw
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from sft.engine_gather import head_gathered
 from sft.objective import HEAD_CHUNK_TOKENS, chunked_cross_entropy
 
 
@@ -42,9 +45,12 @@ def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_C
         rows, cols = prediction_positions
         selected = hidden[rows, cols]
         head = model.get_output_embeddings()
-        if prediction_targets is None:
-            return head(selected)
-        return chunked_cross_entropy(selected, head, prediction_targets, chunk_size)
+        with head_gathered(head, selected):  # one gather of a ZeRO-3-sharded head (sft/engine_gather.py)
+            if prediction_targets is None:
+                return head(selected)
+            # the weight itself, not the module: an engine's per-call module hooks never run per chunk
+            linear = partial(F.linear, weight=head.weight, bias=head.bias)
+            return chunked_cross_entropy(selected, linear, prediction_targets, chunk_size)
 
     model.forward = forward
     model._dlm_prediction_positions = True
