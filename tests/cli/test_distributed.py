@@ -186,3 +186,26 @@ def test_slurm_script_runs_one_accelerate_launch_per_node():
     for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port"):
         assert flag in script
     assert "srun" in script and "-m sft.cli" in script and "--ntasks-per-node=1" in script
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="runs 2 CPU processes over gloo")
+def test_ranks_agree_on_a_non_finite_step_and_sync_noise_stats_once_per_log(qwen2_dir, chat_file, tmp_path):
+    """2 gloo processes; only rank 1 sees a NaN gradient at one step (tests/cli/rank_agreement_worker.py).
+
+    Both ranks skip that step, so their weights stay identical; the noise statistics issue no
+    collective per micro-batch, and one per logging step."""
+    from tests.cli import rank_agreement_worker as worker
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "tests.cli.rank_agreement_worker", str(qwen2_dir), str(chat_file), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["global_step"] == worker.STEPS and rank["nonfinite_steps"] == 1 and rank["finite"]
+        assert rank["micro_batches"] == worker.STEPS * worker.ACCUMULATION
+        assert rank["collectives_in_compute_loss"] == 0
+        assert rank["noise_stat_logs"] == worker.STEPS // worker.LOGGING_STEPS
+        assert rank["collectives_in_log"] == rank["noise_stat_logs"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
