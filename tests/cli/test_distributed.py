@@ -209,3 +209,37 @@ def test_ranks_agree_on_a_non_finite_step_and_sync_noise_stats_once_per_log(qwen
         assert rank["noise_stat_logs"] == worker.STEPS // worker.LOGGING_STEPS
         assert rank["collectives_in_log"] == rank["noise_stat_logs"]
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def fsdp_launch_environment() -> dict[str, str]:
+    """The environment `accelerate launch --config_file recipes/accelerate/fsdp.yaml` gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    argv = ["--config_file", str(CONFIG_DIR / "fsdp.yaml"), "--num_processes", "2", "-m", "sft.cli"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_USE_"))}
+
+
+def test_fsdp_config_is_fsdp2_and_loads_the_weights_once_per_node():
+    env = fsdp_launch_environment()
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
+
+
+@pytest.mark.parametrize("recipe_checkpointing", [True, False])
+def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch, tmp_path, recipe_checkpointing):
+    """The recipe's activation_checkpointing turns on FSDP's checkpointing (the plugin accelerate builds
+    from the launch environment) and turns off transformers' own, which would re-gather every layer."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from sft.config import DiffusionSFTConfig
+
+    for key, value in fsdp_launch_environment().items():
+        monkeypatch.setenv(key, value)
+    args = DiffusionSFTConfig(output_dir=str(tmp_path), activation_checkpointing=recipe_checkpointing)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.activation_checkpointing is recipe_checkpointing
+    assert not args.activation_checkpointing and not args.gradient_checkpointing
+    assert plugin.cpu_ram_efficient_loading and plugin.fsdp_version == 2
