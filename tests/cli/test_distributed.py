@@ -228,8 +228,8 @@ def test_fsdp_config_is_fsdp2_and_loads_the_weights_once_per_node():
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
 
 
-@pytest.mark.parametrize("recipe_checkpointing", [True, False])
-def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch, tmp_path, recipe_checkpointing):
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch, tmp_path, checkpointing):
     """The recipe's activation_checkpointing turns on FSDP's checkpointing (the plugin accelerate builds
     from the launch environment) and turns off transformers' own, which would re-gather every layer."""
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -238,8 +238,8 @@ def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch
 
     for key, value in fsdp_launch_environment().items():
         monkeypatch.setenv(key, value)
-    args = DiffusionSFTConfig(output_dir=str(tmp_path), activation_checkpointing=recipe_checkpointing)
+    args = DiffusionSFTConfig(output_dir=str(tmp_path), activation_checkpointing=checkpointing)
     plugin = FullyShardedDataParallelPlugin()
-    assert plugin.activation_checkpointing is recipe_checkpointing
+    assert plugin.activation_checkpointing is checkpointing
     assert not args.activation_checkpointing and not args.gradient_checkpointing
     assert plugin.cpu_ram_efficient_loading and plugin.fsdp_version == 2
