@@ -243,3 +243,25 @@ def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch
     assert plugin.activation_checkpointing is checkpointing
     assert not args.activation_checkpointing and not args.gradient_checkpointing
     assert plugin.cpu_ram_efficient_loading and plugin.fsdp_version == 2
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_deepspeed_on_two_cpu_processes_gives_the_losses_and_weights_of_one_process(
+    qwen2_dir, chat_file, tmp_path, engine
+):
+    """The shipped ZeRO config, launched as its `--print-launch` line does, on 2 CPU processes.
+
+    Under ZeRO-3 the LM head is gathered once around the head and released after its backward
+    (sft/engine_gather.py), and the final save gathers the 16-bit weights into model.safetensors."""
+    pytest.importorskip("deepspeed", reason="needs the deepspeed extra: pip install 'dlm-sft[deepspeed]'")
+    train(build_run_config(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "one", 8)))
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "two", 4)))
+    command = ["accelerate", "launch", "--config_file", str(CONFIG_DIR / f"{engine}.yaml")]
+    command += ["--num_processes", "2", "-m", "sft.cli", "train", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
