@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,12 +13,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import Qwen2ForCausalLM
 
 from sft.cli import main
 from sft.cli.launch import CONFIG_DIR, ENGINES, gpu_count, launch_command
 from sft.recipe import build_run_config
 from sft.run import train
-from tests.conftest import REPO, recipe_dict
+from tests.conftest import REPO, recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 
 STEPS = 3
 
@@ -245,23 +247,40 @@ def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch
     assert plugin.cpu_ram_efficient_loading and plugin.fsdp_version == 2
 
 
+@pytest.fixture(scope="module")
+def wide_model_run(tokenizer, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(model, data, output of its 1-process run): a model wide enough (hidden 384) for ZeRO-3 to
+    partition its LM head (DeepSpeed keeps parameters under 1e5 elements whole by default)."""
+    root = tmp_path_factory.mktemp("wide")
+    config = tiny_qwen2_config(tokenizer, hidden_size=384, intermediate_size=768)
+    assert config.vocab_size * config.hidden_size > 100_000
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    data = write_chat_rows(root / "train.jsonl", sort_rows(48))
+    train(build_run_config(equivalence_recipe(root / "model", data, root / "one", 8)))
+    return root / "model", data, root / "one"
+
+
 @pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs the deepspeed extra (in the dev extra): pip install 'dlm-sft[deepspeed]'",
+)
 @pytest.mark.parametrize("engine", ["zero2", "zero3"])
 def test_deepspeed_on_two_cpu_processes_gives_the_losses_and_weights_of_one_process(
-    qwen2_dir, chat_file, tmp_path, engine
+    wide_model_run, tmp_path, engine
 ):
-    """The shipped ZeRO config, launched as its `--print-launch` line does, on 2 CPU processes.
-
-    Under ZeRO-3 the LM head is gathered once around the head and released after its backward
-    (sft/engine_gather.py), and the final save gathers the 16-bit weights into model.safetensors."""
-    pytest.importorskip("deepspeed", reason="needs the deepspeed extra: pip install 'dlm-sft[deepspeed]'")
-    train(build_run_config(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "one", 8)))
+    """The shipped ZeRO config launched with `accelerate launch` on 2 CPU processes. Under ZeRO-3
+    the LM head is partitioned, gathered by sft/engine_gather.py and released after its backward;
+    the final save gathers the 16-bit weights into model.safetensors."""
+    model_dir, data, one = wide_model_run
     recipe = tmp_path / "two.yaml"
-    recipe.write_text(yaml.safe_dump(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "two", 4)))
+    recipe.write_text(yaml.safe_dump(equivalence_recipe(model_dir, data, tmp_path / "two", 4)))
     command = ["accelerate", "launch", "--config_file", str(CONFIG_DIR / f"{engine}.yaml")]
     command += ["--num_processes", "2", "-m", "sft.cli", "train", str(recipe)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(one, tmp_path / "two")
