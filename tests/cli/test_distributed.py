@@ -284,3 +284,33 @@ def test_deepspeed_on_two_cpu_processes_gives_the_losses_and_weights_of_one_proc
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(one, tmp_path / "two")
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs the deepspeed extra (in the dev extra): pip install 'dlm-sft[deepspeed]'",
+)
+def test_zero3_gathers_the_lm_head_once_per_micro_batch_whatever_its_chunks(wide_model_run, tmp_path):
+    """Counted inside DeepSpeed (tests/cli/zero3_head_gather_worker.py): one all-gather of the
+    partitioned head per micro-batch on every rank, though each micro-batch spans several head
+    chunks. (A head fetched per chunk by ZeRO-3's module hooks is gathered again and again; when
+    two ranks' micro-batches have different numbers of chunks their collectives no longer match and
+    the run dies: seen with the chunked head before sft/engine_gather.py.)"""
+    model_dir, data, _ = wide_model_run
+    raw = equivalence_recipe(model_dir, data, tmp_path, 4)
+    # no checkpoint: saving gathers every parameter once more
+    raw["training"].update(max_steps=1, gradient_accumulation_steps=2, save_strategy="no")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    command = ["accelerate", "launch", "--config_file", str(CONFIG_DIR / "zero3.yaml")]
+    command += ["--num_processes", "2", "-m", "tests.cli.zero3_head_gather_worker", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["micro_batches"] == 2 and rank["chunks"] > rank["micro_batches"]
+        assert rank["head_gathers"] == rank["micro_batches"]
+        assert rank["partitioned_at_end"] == 1  # released after each backward
