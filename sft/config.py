@@ -9,6 +9,7 @@ for recipe keys.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,8 +24,9 @@ class DiffusionSFTConfig(SFTConfig):
     Every `transformers.TrainingArguments` / `trl.SFTConfig` field is accepted under `training:`
     (output_dir, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
     gradient_accumulation_steps, bf16, activation_checkpointing (alias gradient_checkpointing,
-    default True as in TRL), report_to, seed, ...). TRL's own
-    losses, fused LM head and token-accuracy metric are never used: the loss is the diffusion loss.
+    default True as in TRL; under FSDP it switches on FSDP's own checkpointing instead), report_to,
+    seed, ...). TRL's own losses, fused LM head and token-accuracy metric are never used: the loss
+    is the diffusion loss.
     `bf16` defaults to True only when a CUDA device is present (TRL's default assumes a GPU).
 
     Diffusion fields (the recipe's `diffusion:` section; see `sft/objective.py` for the math):
@@ -111,6 +113,7 @@ class DiffusionSFTConfig(SFTConfig):
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.remove_unused_columns = False
         super().__post_init__()
+        self._checkpoint_through_fsdp()
         _check_choice("weighting", self.weighting, ("inv_t", "linear", "uniform", "cart"))
         _check_choice("eos_tail", self.eos_tail, ("all", "first_n", "one", "none"))
         _check_choice("loss_normalization", self.loss_normalization, ("supervised", "sequence"))
@@ -120,6 +123,19 @@ class DiffusionSFTConfig(SFTConfig):
             raise ValueError(f"cart_p must be in (0, 1], got {self.cart_p}")
         if self.eos_tail_n < 0 or self.eval_t_grid < 1:
             raise ValueError("eos_tail_n must be >= 0 and eval_t_grid >= 1")
+
+    def _checkpoint_through_fsdp(self) -> None:
+        """Under FSDP, `activation_checkpointing` is handed to FSDP's own checkpointing (accelerate's
+        `fsdp_activation_checkpointing`, read from the environment that `accelerate launch` sets):
+        transformers' checkpointing on top of FSDP re-gathers each layer's weights once more in the
+        backward. The two are never on together (the Trainer refuses that)."""
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or self.fsdp_plugin_args
+        if not (fsdp and self.activation_checkpointing):
+            return
+        os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
+        if self.fsdp_plugin_args is not None:
+            self.fsdp_plugin_args["activation_checkpointing"] = True
+        self.activation_checkpointing = self.gradient_checkpointing = False
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ full logits).
 
 It patches the forward on the model instance (as TRL does for its fused LM head) so that
 DDP, FSDP and DeepSpeed, which wrap the model and call it, see one ordinary forward call. The head
-computation is one call, `head_loss` (where a ZeRO-3 gather of the head's parameters belongs).
+computation is one call, `head_loss`, inside one ZeRO-3 gather of the head (`sft.engine_gather`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from sft.engine_gather import head_gathered
 from sft.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy
 
 
@@ -56,7 +57,9 @@ def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_C
         hidden = model.get_decoder()(*args, use_cache=False, **kwargs).last_hidden_state
         rows, cols = prediction_positions
         head = model.get_output_embeddings()
-        return head_loss(hidden[rows, cols], head, prediction_targets, prediction_weights, chunk_size)
+        selected = hidden[rows, cols]
+        with head_gathered(head, selected):  # one gather of a ZeRO-3-sharded head (sft/engine_gather.py)
+            return head_loss(selected, head, prediction_targets, prediction_weights, chunk_size)
 
     model.forward = forward
     model._dlm_prediction_positions = True

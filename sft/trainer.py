@@ -5,11 +5,12 @@ Wiring only; the math lives in `sft/objective.py`. The trainer overrides three h
   micro-batches, summed over data-parallel ranks), so loss and gradients do not depend on how the
   global batch is split;
 - `compute_loss`: noise → forward with the LM head only at masked positions, fused with the
-  weighted CE ÷ that denominator; logs masked tokens, mean t and the EOS share of supervised tokens;
+  weighted CE ÷ that denominator; adds masked tokens, t and the EOS share of supervised tokens to
+  sums kept on the device, which `log` reduces over ranks once per logging step;
 - evaluation uses a fixed t grid and seed, so eval loss is deterministic;
-and guards the optimizer: a step whose gradients are not finite is skipped (no update) and counted
-(`nonfinite_steps`); more than `max_consecutive_nonfinite` in a row abort the run with a clear
-message, leaving the last complete checkpoint as it was.
+and guards the optimizer: a step whose gradients are not finite on any rank is skipped (no update)
+by every rank and counted (`nonfinite_steps`); more than `max_consecutive_nonfinite` in a row abort
+the run with a clear message, leaving the last complete checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from torch.distributed.tensor import DTensor
 from trl import SFTTrainer
 
 from sft import objective
@@ -45,6 +47,8 @@ class DiffusionSFTTrainer(SFTTrainer):
         enable_prediction_positions(base)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the global denominator
         self.nonfinite_steps = 0
+        self._noise_sums: dict[str, torch.Tensor] = {}  # per mode: noise_stats summed since the last log
+        self._noise_batches: dict[str, int] = {}  # per mode: micro-batches in those sums
         self._consecutive_nonfinite = 0
 
     # ------------------------------------------------------------------ non-finite steps
@@ -64,8 +68,16 @@ class DiffusionSFTTrainer(SFTTrainer):
         return optimizer
 
     def _gradients_finite(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether every gradient on every rank is finite. Each rank checks what it holds (its shards
+        under FSDP) and the verdicts are summed over ranks, so all ranks skip or step together."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        nonfinite = torch.zeros(1, device=self.accelerator.device)
+        if local:
+            nonfinite += ~torch.stack([g.isfinite().all() for g in local]).all()
+        if self.accelerator.num_processes > 1:
+            nonfinite = self.accelerator.reduce(nonfinite, reduction="sum")
+        return not nonfinite.item()
 
     def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -122,8 +134,7 @@ class DiffusionSFTTrainer(SFTTrainer):
             prediction_targets=ids[rows, cols],
             prediction_weights=loss_weights,
         )
-        stats = objective.noise_stats(noised, inputs["tail"], inputs["maskable"])
-        self._log_noise_stats("train" if training else "eval", stats)
+        self._add_noise_stats("train" if training else "eval", noised, inputs)
         return (loss, {}) if return_outputs else loss
 
     def _add_noise(self, inputs: dict[str, torch.Tensor], training: bool) -> objective.NoisedBatch:
@@ -155,12 +166,30 @@ class DiffusionSFTTrainer(SFTTrainer):
             return torch.bfloat16
         return torch.float16 if self.args.fp16 else next(self.model.parameters()).dtype
 
-    def _log_noise_stats(self, mode: str, sums: torch.Tensor) -> None:
-        """Masked tokens (summed over ranks), mean t and the EOS tail's share of maskable tokens."""
+    # ------------------------------------------------------------------ noise statistics
+    def _add_noise_stats(self, mode: str, noised: objective.NoisedBatch, inputs: dict) -> None:
+        """Add a micro-batch's noise sums to the logging window's, on the device (no sync)."""
+        stats = objective.noise_stats(noised, inputs["tail"], inputs["maskable"])
+        window = self._noise_sums.get(mode)
+        self._noise_sums[mode] = stats if window is None else window + stats
+        self._noise_batches[mode] = self._noise_batches.get(mode, 0) + 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._log_noise_stats("train" if self.model.training else "eval")
+        super().log(logs, start_time)
+
+    def _log_noise_stats(self, mode: str) -> None:
+        """Masked tokens per micro-batch (summed over ranks), mean t and the EOS tail's share of
+        maskable tokens over the logging window: one reduce over ranks and one copy to the host per
+        logging step. Every rank logs at the same steps, so the reduce is collective."""
+        sums = self._noise_sums.pop(mode, None)
+        if sums is None:
+            return
+        micro_batches = self._noise_batches.pop(mode)
         if self.accelerator.num_processes > 1:
-            sums = self.accelerator.gather(sums[None]).sum(dim=0)
+            sums = self.accelerator.reduce(sums, reduction="sum")
         masked, t_sum, docs, tail, maskable = sums.tolist()
-        self._metrics[mode]["masked_tokens"].append(masked)
+        self._metrics[mode]["masked_tokens"].append(masked / micro_batches)
         self._metrics[mode]["mean_t"].append(t_sum / max(docs, 1.0))
         self._metrics[mode]["eos_share"].append(tail / max(maskable, 1.0))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,12 +13,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import Qwen2ForCausalLM
 
 from sft.cli import main
 from sft.cli.launch import CONFIG_DIR, ENGINES, gpu_count, launch_command
 from sft.recipe import build_run_config
 from sft.run import train
-from tests.conftest import REPO, recipe_dict
+from tests.conftest import REPO, recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 
 STEPS = 3
 
@@ -186,3 +188,129 @@ def test_slurm_script_runs_one_accelerate_launch_per_node():
     for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port"):
         assert flag in script
     assert "srun" in script and "-m sft.cli" in script and "--ntasks-per-node=1" in script
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="runs 2 CPU processes over gloo")
+def test_ranks_agree_on_a_non_finite_step_and_sync_noise_stats_once_per_log(qwen2_dir, chat_file, tmp_path):
+    """2 gloo processes; only rank 1 sees a NaN gradient at one step (tests/cli/rank_agreement_worker.py).
+
+    Both ranks skip that step, so their weights stay identical; the noise statistics issue no
+    collective per micro-batch, and one per logging step."""
+    from tests.cli import rank_agreement_worker as worker
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "tests.cli.rank_agreement_worker", str(qwen2_dir), str(chat_file), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["global_step"] == worker.STEPS and rank["nonfinite_steps"] == 1 and rank["finite"]
+        assert rank["micro_batches"] == worker.STEPS * worker.ACCUMULATION
+        assert rank["collectives_in_compute_loss"] == 0
+        assert rank["noise_stat_logs"] == worker.STEPS // worker.LOGGING_STEPS
+        assert rank["collectives_in_log"] == rank["noise_stat_logs"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def fsdp_launch_environment() -> dict[str, str]:
+    """The environment `accelerate launch --config_file recipes/accelerate/fsdp.yaml` gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    argv = ["--config_file", str(CONFIG_DIR / "fsdp.yaml"), "--num_processes", "2", "-m", "sft.cli"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_USE_"))}
+
+
+def test_fsdp_config_is_fsdp2_and_loads_the_weights_once_per_node():
+    env = fsdp_launch_environment()
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch, tmp_path, checkpointing):
+    """The recipe's activation_checkpointing turns on FSDP's checkpointing (the plugin accelerate builds
+    from the launch environment) and turns off transformers' own, which would re-gather every layer."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from sft.config import DiffusionSFTConfig
+
+    for key, value in fsdp_launch_environment().items():
+        monkeypatch.setenv(key, value)
+    args = DiffusionSFTConfig(output_dir=str(tmp_path), activation_checkpointing=checkpointing)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.activation_checkpointing is checkpointing
+    assert not args.activation_checkpointing and not args.gradient_checkpointing
+    assert plugin.cpu_ram_efficient_loading and plugin.fsdp_version == 2
+
+
+@pytest.fixture(scope="module")
+def wide_model_run(tokenizer, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(model, data, output of its 1-process run): a model wide enough (hidden 384) for ZeRO-3 to
+    partition its LM head (DeepSpeed keeps parameters under 1e5 elements whole by default)."""
+    root = tmp_path_factory.mktemp("wide")
+    config = tiny_qwen2_config(tokenizer, hidden_size=384, intermediate_size=768)
+    assert config.vocab_size * config.hidden_size > 100_000
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    data = write_chat_rows(root / "train.jsonl", sort_rows(48))
+    train(build_run_config(equivalence_recipe(root / "model", data, root / "one", 8)))
+    return root / "model", data, root / "one"
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs the deepspeed extra (in the dev extra): pip install 'dlm-sft[deepspeed]'",
+)
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_deepspeed_on_two_cpu_processes_gives_the_losses_and_weights_of_one_process(
+    wide_model_run, tmp_path, engine
+):
+    """The shipped ZeRO config launched with `accelerate launch` on 2 CPU processes. Under ZeRO-3
+    the LM head is partitioned, gathered by sft/engine_gather.py and released after its backward;
+    the final save gathers the 16-bit weights into model.safetensors."""
+    model_dir, data, one = wide_model_run
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump(equivalence_recipe(model_dir, data, tmp_path / "two", 4)))
+    command = ["accelerate", "launch", "--config_file", str(CONFIG_DIR / f"{engine}.yaml")]
+    command += ["--num_processes", "2", "-m", "sft.cli", "train", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(one, tmp_path / "two")
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs the deepspeed extra (in the dev extra): pip install 'dlm-sft[deepspeed]'",
+)
+def test_zero3_gathers_the_lm_head_once_per_micro_batch_whatever_its_chunks(wide_model_run, tmp_path):
+    """Counted inside DeepSpeed (tests/cli/zero3_head_gather_worker.py): one all-gather of the
+    partitioned head per micro-batch on every rank, though each micro-batch spans several head
+    chunks. (A head fetched per chunk by ZeRO-3's module hooks is gathered again and again; when
+    two ranks' micro-batches have different numbers of chunks their collectives no longer match and
+    the run dies: seen with the chunked head before sft/engine_gather.py.)"""
+    model_dir, data, _ = wide_model_run
+    raw = equivalence_recipe(model_dir, data, tmp_path, 4)
+    # no checkpoint: saving gathers every parameter once more
+    raw["training"].update(max_steps=1, gradient_accumulation_steps=2, save_strategy="no")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    command = ["accelerate", "launch", "--config_file", str(CONFIG_DIR / "zero3.yaml")]
+    command += ["--num_processes", "2", "-m", "tests.cli.zero3_head_gather_worker", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["micro_batches"] == 2 and rank["chunks"] > rank["micro_batches"]
+        assert rank["head_gathers"] == rank["micro_batches"]
+        assert rank["partitioned_at_end"] == 1  # released after each backward
