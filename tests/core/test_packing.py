@@ -6,6 +6,8 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
+from transformers import modeling_flash_attention_utils as fa_utils
 
 from sft import objective
 from sft.attention import attention_inputs
@@ -36,7 +38,7 @@ def test_best_fit_decreasing_fills_rows_without_overflow():
 def setup(qwen2_dir, tmp_path_factory):
     from tests.conftest import sort_rows, write_chat_rows
 
-    path = write_chat_rows(tmp_path_factory.mktemp("pack") / "rows.jsonl", sort_rows(12, seed=3))
+    path = write_chat_rows(tmp_path_factory.mktemp("pack") / "rows.jsonl", sort_rows(24, seed=3))
     loaded = load_model(ModelSettings(name_or_path=str(qwen2_dir)))
     loaded.model.eval()
     examples = tokenize_dataset(
@@ -51,8 +53,77 @@ def setup(qwen2_dir, tmp_path_factory):
     return loaded, examples, collator
 
 
-def per_example_losses(model, batch, weighting="cart", tail_as_one=False):
-    """Each example's summed weighted CE, keyed by example id, computed as the trainer does."""
+def reference_flash(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
+    """flash-attn's `flash_attn_func` in plain torch: q (B, L, H, D), k/v (B, L, H_kv, D), no mask."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        dropout_p=dropout_p,
+        scale=softmax_scale,
+        is_causal=causal,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2)
+
+
+def reference_flash_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+):
+    """flash-attn's `flash_attn_varlen_func` in plain torch: q/k/v (T, H, D), attention within segments."""
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k) and int(cu_seqlens_q.diff().max()) == int(max_seqlen_q)
+    bounds = cu_seqlens_q.tolist()
+    return torch.cat(
+        [
+            reference_flash(q[None, s:e], k[None, s:e], v[None, s:e], dropout_p, softmax_scale, causal)[0]
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+
+
+@pytest.fixture
+def attention(setup, monkeypatch):
+    """Switch the model to an attention implementation; `flash_attention_2` runs transformers' own
+    flash path (`_flash_attention_forward`) with the reference kernels above in flash-attn's place."""
+    model = setup[0].model
+
+    def use(implementation: str) -> str:
+        if implementation == "flash_attention_2":
+            kernels = (
+                reference_flash,
+                reference_flash_varlen,
+                None,
+                fa_utils._pad_input,
+                fa_utils._unpad_input,
+            )
+            monkeypatch.setattr(fa_utils, "_lazy_imports", lambda *args, **kwargs: kernels)
+            monkeypatch.setattr(fa_utils, "_loaded_implementation", None)
+        model.config._attn_implementation = implementation
+        return implementation
+
+    yield use
+    model.config._attn_implementation = "sdpa"
+
+
+def device_batch(examples, collator, rows: int = 4) -> dict[str, torch.Tensor]:
+    """One device batch of `rows` packed rows, each holding several examples."""
+    packed_rows = pack_examples(examples, collator)
+    chosen = [packed_rows[i] for i in range(len(packed_rows)) if len(packed_rows[i]["members"]) >= 2][:rows]
+    assert len(chosen) == rows
+    return collator(chosen)
+
+
+def weighted_token_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
+    """Each masked token's weighted CE and its document, computed as the trainer does."""
     keys = objective.example_keys(0, 7, batch["example_ids"])
     t = objective.sample_t(keys, 1e-3)
     noised = objective.add_noise(
@@ -70,64 +141,79 @@ def per_example_losses(model, batch, weighting="cart", tail_as_one=False):
     )
     rows, cols = noised.masked.nonzero(as_tuple=True)
     source = objective.prediction_source(cols, batch["positions"][rows, cols], shift=True)
+    logits = model(
+        input_ids=noised.noisy_ids, **attention_inputs(batch, implementation, torch.float32)
+    ).logits
+    ce = F.cross_entropy(logits[rows, source], batch["input_ids"][rows, cols], reduction="none")
+    return ce * noised.weights[rows, cols], batch["doc_ids"][rows, cols]
+
+
+def per_example_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
+    """Each example's summed weighted CE and masked-token count, keyed by example id."""
     with torch.no_grad():
-        logits = model(input_ids=noised.noisy_ids, **attention_inputs(batch, "sdpa", torch.float32)).logits
-    ce = torch.nn.functional.cross_entropy(
-        logits[rows, source], batch["input_ids"][rows, cols], reduction="none"
-    )
-    docs = batch["doc_ids"][rows, cols]
-    sums = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, ce * noised.weights[rows, cols])
-    counts = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, torch.ones_like(ce))
+        losses, docs = weighted_token_losses(model, batch, implementation, weighting, tail_as_one)
+    sums = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, losses)
+    counts = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, torch.ones_like(losses))
     return {int(e): (s.item(), int(c)) for e, s, c in zip(batch["example_ids"], sums, counts)}
 
 
-@pytest.mark.parametrize("weighting", ["cart", "inv_t"])
-def test_packed_batch_gives_each_example_the_loss_it_has_unpacked(setup, weighting):
+@pytest.mark.parametrize(
+    "implementation,weighting",
+    [("sdpa", "cart"), ("sdpa", "inv_t"), ("eager", "cart"), ("flash_attention_2", "cart")],
+)
+def test_packed_device_batch_gives_each_example_the_loss_it_has_unpacked(
+    setup, attention, implementation, weighting
+):
     loaded, examples, collator = setup
-    packed_rows = pack_examples(examples, collator)
-    assert len(packed_rows) < len(examples)  # several examples share a row
-    packed = collator([packed_rows[i] for i in range(len(packed_rows))])
-    unpacked = collator([examples[i] for i in range(len(examples))])
-    assert packed["input_ids"].shape[0] < unpacked["input_ids"].shape[0]
-    a = per_example_losses(loaded.model, packed, weighting)
-    b = per_example_losses(loaded.model, unpacked, weighting)
-    assert a.keys() == b.keys() and len(a) == len(examples)
-    for example_id, (loss, count) in a.items():
-        assert count == b[example_id][1]
-        assert loss == pytest.approx(b[example_id][0], abs=1e-5)
-    assert sum(count for _, count in a.values()) > 20
+    packed = device_batch(examples, collator)
+    members = packed["example_ids"].tolist()
+    unpacked = collator([examples[i] for i in range(len(examples)) if examples[i]["example_id"] in members])
+    assert packed["input_ids"].shape[0] == 4 < unpacked["input_ids"].shape[0]
+    expected = per_example_losses(loaded.model, unpacked, "sdpa", weighting)  # one example per row
+    got = per_example_losses(loaded.model, packed, attention(implementation), weighting)
+    assert got.keys() == expected.keys() and len(got) == len(members) >= 8
+    for example_id, (loss, count) in got.items():
+        assert count == expected[example_id][1]
+        assert loss == pytest.approx(expected[example_id][0], abs=1e-5)
+    assert sum(count for _, count in got.values()) > 20
     assert torch.equal(packed["supervised"].sort().values, unpacked["supervised"].sort().values)
 
 
-def test_no_attention_across_packed_examples(setup):
+@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2"])
+def test_packed_device_batch_gives_the_gradients_of_the_unpacked_one(setup, attention, implementation):
     loaded, examples, collator = setup
-    packed_rows = pack_examples(examples, collator)
-    row = next(r for r in (packed_rows[i] for i in range(len(packed_rows))) if len(r["members"]) >= 2)
-    batch = collator([row])
-    first = batch["doc_ids"][0] == 0
+    packed = device_batch(examples, collator)
+    members = packed["example_ids"].tolist()
+    unpacked = collator([examples[i] for i in range(len(examples)) if examples[i]["example_id"] in members])
+    parameters = [p for p in loaded.model.parameters() if p.requires_grad]
+
+    def gradients(batch, implementation):
+        loss = weighted_token_losses(loaded.model, batch, implementation)[0].sum()
+        return torch.autograd.grad(loss, parameters)
+
+    expected = gradients(unpacked, "sdpa")
+    got = gradients(packed, attention(implementation))
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2"])
+def test_changing_one_packed_example_never_changes_another(setup, attention, implementation):
+    loaded, examples, collator = setup
+    batch = device_batch(examples, collator)
+    doc_ids = batch["doc_ids"]
+    kept = (doc_ids >= 0) & (doc_ids % 2 == 0)  # every other example of the device batch, all rows
     changed = batch["input_ids"].clone()
-    changed[0, ~first & (batch["doc_ids"][0] >= 0)] = 5  # rewrite every other example in the row
-    inputs = attention_inputs(batch, "sdpa", torch.float32)
+    changed[(doc_ids >= 0) & ~kept] = 5  # rewrite the others
+    inputs = attention_inputs(batch, attention(implementation), torch.float32)
     with torch.no_grad():
-        a = loaded.model(input_ids=batch["input_ids"], **inputs).logits[0, first]
-        b = loaded.model(input_ids=changed, **inputs).logits[0, first]
+        a = loaded.model(input_ids=batch["input_ids"], **inputs).logits[kept]
+        b = loaded.model(input_ids=changed, **inputs).logits[kept]
+        # positive control: restarting positions alone (no mask, no varlen keywords) leak at batch 4
+        leaky = {"attention_mask": None, "position_ids": batch["positions"]}
+        c = loaded.model(input_ids=changed, **leaky).logits[kept]
     assert torch.allclose(a, b, atol=1e-6)
-    # and the same row with a plain 2-D mask *does* leak, so the test can tell
-    plain = {"attention_mask": batch["attention_mask"], "position_ids": batch["positions"]}
-    with torch.no_grad():
-        leaky = loaded.model(input_ids=changed, **plain).logits[0, first]
-    assert not torch.allclose(a, leaky, atol=1e-4)
-
-
-def test_eager_attention_gets_an_additive_block_mask(setup):
-    _, examples, collator = setup
-    packed_rows = pack_examples(examples, collator)
-    batch = collator([packed_rows[0]])
-    eager = attention_inputs(batch, "eager", torch.float32)["attention_mask"]
-    sdpa = attention_inputs(batch, "sdpa", torch.float32)["attention_mask"]
-    assert eager.dtype == torch.float32 and sdpa.dtype == torch.bool
-    assert torch.equal(eager == 0, sdpa)
-    assert attention_inputs(batch, "flash_attention_2", torch.float32)["attention_mask"] is None
+    assert not torch.allclose(a, c, atol=1e-4)
 
 
 def test_training_with_packing_runs_and_needs_a_packable_tail_policy(qwen2_dir, chat_file, tmp_path):
