@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,16 +53,13 @@ def optimizer_steps(rows: int, args: DiffusionSFTConfig, world_size: int = 1) ->
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
-    """Tokenize the splits (the main process first; the others then read its cache)."""
-    with config.training.main_process_first(desc="tokenizing"):
-        return _prepare_data(config)
-
-
-def _prepare_data(config: RunConfig) -> PreparedData:
+    """Tokenize the splits. Under a launcher only the global rank 0 (the `RANK` it sets, counted
+    across all nodes) tokenizes; every other rank waits for that cache (`sft.data.tokenize_dataset`)."""
     family, tokenizer, eos_id = load_family_tokenizer(config.model)
+    build = int(os.environ.get("RANK", "0")) == 0
 
     def tokenized(paths: Any) -> TokenizedData:
-        return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+        return tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id, build=build)
 
     return PreparedData(
         family,
