@@ -37,14 +37,14 @@ class PromptEncoder:
                 file=str(tokenizer.name_or_path),
                 expected="a fast tokenizer (tokenizer.json)",
             )
-        spec = tokenizer.backend_tokenizer.to_str()
-        self.backend = Tokenizer.from_str(spec)
-        self.backend.no_truncation()
-        self.backend.no_padding()
-        layout = json.loads(spec)
-        self.byte_lengths = byte_level_lengths(layout)
-        normalizer = layout.get("normalizer") or {}
-        self.normal_form = normalizer.get("type") if normalizer.get("type") in UNICODE_FORMS else None
+        self.backend = tokenizer.backend_tokenizer
+        if self.backend.truncation is not None or self.backend.padding is not None:
+            self.backend = Tokenizer.from_str(self.backend.to_str())
+            self.backend.no_truncation()
+            self.backend.no_padding()
+        self.byte_lengths = byte_level_lengths(self.backend)
+        normal_form = (_layout(self.backend.normalizer) or {}).get("type")
+        self.normal_form = normal_form if normal_form in UNICODE_FORMS else None
 
     def encode(self, texts: list[str], prompts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of each text and the count of its tokens that start inside `prompts[i]`."""
@@ -84,25 +84,31 @@ class PromptEncoder:
         return [e.ids for e in encodings], lengths
 
 
-def byte_level_lengths(layout: dict) -> np.ndarray | None:
+def byte_level_lengths(backend: Tokenizer) -> np.ndarray | None:
     """Byte length of every token id, for a byte-level BPE whose offsets are untrimmed; else None."""
-    vocab = layout.get("model", {}).get("vocab")
-    if (
-        not isinstance(vocab, dict)
-        or not _has_step(layout.get("pre_tokenizer"), "ByteLevel")
-        or _trims_offsets(layout.get("post_processor"))
+    if not _has_step(_layout(backend.pre_tokenizer), "ByteLevel") or _trims_offsets(
+        _layout(backend.post_processor)
     ):
         return None
+    vocab = backend.get_vocab(with_added_tokens=False)
     alphabet = set(bytes_to_unicode().values())  # one character per byte
     if not alphabet.issuperset("".join(vocab)):
         return None
-    added = {token["id"]: token["content"] for token in layout.get("added_tokens", [])}
+    added = {index: token.content for index, token in backend.get_added_tokens_decoder().items()}
     lengths = np.zeros(max([*vocab.values(), *added, -1]) + 1, np.int64)
     for token, index in vocab.items():
         lengths[index] = len(token)
     for index, content in added.items():  # matched on the raw text, so their own UTF-8 bytes
         lengths[index] = len(content.encode())
+    unknown = backend.token_to_id(getattr(backend.model, "unk_token", None) or "")
+    if unknown is not None:  # stands for any number of bytes: texts holding it take the offsets path
+        lengths[unknown] = -(2**40)
     return lengths
+
+
+def _layout(component: object | None) -> dict | None:
+    """A tokenizer component's settings, as its tokenizer.json entry has them."""
+    return None if component is None else json.loads(component.__getstate__())
 
 
 def _has_step(component: dict | None, kind: str) -> bool:
