@@ -11,7 +11,7 @@ from transformers.training_args import ParallelMode
 from sft.cli import main
 from sft.config import DataSettings
 from sft.data import cache_key, load_chat_rows
-from tests.conftest import recipe_dict
+from tests.conftest import REPO, recipe_dict
 
 
 @pytest.fixture
@@ -75,3 +75,8 @@ def test_tokenize_only_writes_the_cache_train_then_reads(qwen2_dir, chat_file, t
     assert "train examples: 48" in out and not (tmp_path / "model.safetensors").exists()
     assert main(["train", str(recipe), "--tokenize-only", "--accelerate", "ddp"]) == 2
     assert "--tokenize-only: cannot be combined with --accelerate" in capsys.readouterr().err
+
+
+def test_slurm_script_tokenizes_once_before_starting_the_ranks():
+    script = (REPO / "scripts" / "slurm_multinode.sh").read_text()
+    assert script.index("--tokenize-only") < script.index("srun")
