@@ -143,7 +143,7 @@ def tokenize_conversation(
 
 
 def tokenize_conversations(
-    conversations: list[list[dict[str, str]] | None],
+    conversations: list[list[dict[str, str]] | str],
     tokenizer: PreTrainedTokenizerBase,
     encoder: PromptEncoder,
     *,
@@ -152,7 +152,8 @@ def tokenize_conversations(
     multi_turn: str,
     truncation: str,
 ) -> list[list[dict[str, Any]]]:
-    """Conversations (None: a malformed row) → each one's examples, in one batched encode.
+    """Conversations (or, for a row already found unusable, the reason) → each one's examples, in
+    one batched encode.
 
     Each example's prompt and conversation are rendered once; all conversations are then encoded
     together and each prompt length is the number of tokens starting inside the rendered prompt."""
@@ -161,6 +162,9 @@ def tokenize_conversations(
     prompts: list[str] = []
     texts: list[str] = []
     for index, messages in enumerate(conversations):
+        if isinstance(messages, str):
+            examples[index].append(_status(messages))
+            continue
         try:
             turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         except (KeyError, TypeError):
@@ -348,12 +352,12 @@ def _tokenize_rows(
     batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, encoder: PromptEncoder, **policy: Any
 ) -> dict[str, list]:
     """A batch of rows → the columns of their examples (one row can give several or none)."""
-    conversations: list[list[dict[str, str]] | None] = []
+    conversations: list[list[dict[str, str]] | str] = []
     for i in range(len(next(iter(batch.values())))):
         try:
             conversations.append(to_messages({name: values[i] for name, values in batch.items()}))
         except (KeyError, TypeError):
-            conversations.append(None)
+            conversations.append("malformed")
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for examples in tokenize_conversations(conversations, tokenizer, encoder, **policy):
         for example in examples:
