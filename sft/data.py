@@ -297,8 +297,17 @@ def tokenize_dataset(
     else:
         wait_for(cache, wait_seconds(len(rows), tokenize_processes(settings, len(rows))), "tokenized data")
     counts = Counter(json.loads((cache / "counts.json").read_text()))
-    examples = datasets.load_from_disk(str(cache / "examples"))
-    return TokenizedData(examples.add_column("example_id", np.arange(len(examples))), counts, cache)
+    return TokenizedData(_load_examples(cache / "examples"), counts, cache)
+
+
+def _load_examples(path: Path) -> datasets.Dataset:
+    """The kept examples with `example_id`, each one's position (its noise seed), held in memory."""
+    if not path.is_dir():  # nothing was kept: datasets cannot read back an empty dataset
+        features = {name: COLUMNS[name] for name in ("input_ids", "prompt_length", "truncated")}
+        features["example_id"] = datasets.Value("int64")
+        return datasets.Dataset.from_dict(dict.fromkeys(features, []), features=datasets.Features(features))
+    examples = datasets.load_from_disk(str(path))
+    return examples.add_column("example_id", np.arange(len(examples)))
 
 
 def _tokenize_into(
@@ -343,7 +352,8 @@ def _tokenize_into(
     kept = np.flatnonzero(pc.is_in(status, value_set=pa.array(KEPT)).to_numpy(zero_copy_only=False))
     if len(kept) < len(mapped):
         mapped = mapped.select(kept, indices_cache_file_name=str(directory / "work" / "kept.arrow"))
-    mapped.remove_columns("status").save_to_disk(str(directory / "examples"))
+    if len(kept):
+        mapped.remove_columns("status").save_to_disk(str(directory / "examples"))
     (directory / "counts.json").write_text(json.dumps(counts))
     shutil.rmtree(directory / "work")
 
