@@ -3,26 +3,27 @@
 Data: synthetic conversations in the Tulu 3 and SmolTalk layouts (`prepare_benchmark.generate`:
 system turns, multi-turn chats, long-tailed lengths, ~1% malformed rows), tokenizer: Qwen2.5's real
 vocabulary (`synthetic_chat.build_qwen_tokenizer`) with the NFC normalizer Qwen2.5's tokenizer.json
-has. Timings over the same rows (each train-side run on a fresh cache directory):
+has. Over the same rows:
 
 - train side: `sft.data.tokenize_dataset` end to end (read the rows, render prompt and
   conversation, encode, find prompt lengths, apply the length policy, write and reload the cache),
-  at `--num-proc 1` and, unless `--quick`, at every count up to `--max-proc`;
+  one process, on a fresh cache directory each time;
 - encode only: the tokenizer backend's `encode_batch_fast` (ids only, no offsets) on the rendered
   conversation text of every example, rendered beforehand and not timed, 1,000 texts per call;
-- unless `--quick`, transformers' `tokenizer(texts)` on the same texts, for reference;
-- unless `--quick`, the train side on one core (`TOKENIZERS_PARALLELISM=false`, one process), with
-  its CPU time: rows per CPU-second is what each of N processes on N dedicated cores sustains, so
-  the time for `--project-rows` rows on `--project-cores` cores is projected from it (the wall time
-  of several processes on this machine's shared cores is printed too).
+- unless `--quick`, transformers' `tokenizer(texts)` on the same texts, for reference, and the wall
+  time of the train side with 2..`--max-proc` processes.
 
-Rates are input rows per second. The train side at one process and encode only are each timed
-twice, in the order train, encode, encode, train, and the faster of each pair is kept, so load that
-drifts during the run touches both alike. The last line reads
-`tokenize/encode_only rows_per_s_ratio=R` (train side at one process over encode only).
+Everything runs on one core (`TOKENIZERS_PARALLELISM=false`, `num_proc: 1`), timed in wall and CPU
+seconds; rates are input rows per second. Where other jobs share the cores a process gets a
+fraction of one and wall time measures the scheduler, so the ratio is taken over CPU seconds (on a
+dedicated core the two agree); both are printed. The train side and encode only each run twice, in
+the order train, encode, encode, train, keeping the faster of each pair. The time for
+`--project-rows` rows on `--project-cores` dedicated cores is projected from the train side's rows
+per CPU-second (each `num_proc` process tokenizes its own shard of the rows). The last line reads
+`tokenize/encode_only rows_per_s_ratio=R` (train side over encode only, rows per CPU-second).
 `--quick` runs a few hundred rows, once each (format check).
 
-    python benchmarks/tokenize_throughput.py --rows 100000 --max-proc 2
+    python benchmarks/tokenize_throughput.py --rows 12000 --max-proc 2
 """
 
 from __future__ import annotations
@@ -61,25 +62,34 @@ def rendered_texts(rows, tokenizer) -> list[str]:
     return texts
 
 
-def time_train_side(rows, tokenizer, workdir: Path, max_length: int, processes: int) -> tuple[float, object]:
+def timed(work) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process, result) of `work()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def train_side(rows, tokenizer, workdir: Path, max_length: int, processes: int):
     cache = workdir / f"cache-{processes}"
     shutil.rmtree(cache, ignore_errors=True)
     settings = DataSettings(max_length=max_length, num_proc=processes, cache_dir=str(cache))
-    start = time.perf_counter()
-    data = tokenize_dataset(rows, tokenizer, settings, tokenizer.eos_token_id)
-    return time.perf_counter() - start, data
+    return tokenize_dataset(rows, tokenizer, settings, tokenizer.eos_token_id)
 
 
-def time_encode(texts: list[str], encode) -> float:
-    start = time.perf_counter()
+def encode_in_batches(texts: list[str], encode) -> None:
     for i in range(0, len(texts), BATCH):
         encode(texts[i : i + BATCH])
-    return time.perf_counter() - start
+
+
+def report(name: str, rows: int, wall: float, cpu: float) -> None:
+    print(
+        f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU; {rows / wall:,.0f} rows/s, {rows / cpu:,.0f} rows/CPU-s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="synthetic conversations")
+    parser.add_argument("--rows", type=int, default=12_000, help="synthetic conversations")
     parser.add_argument("--workdir", default="/tmp/dlm-sft-tokenize-bench")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--max-proc", type=int, default=2, help="largest process count timed")
@@ -90,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_wanted = 300 if args.quick else args.rows
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core: CPU seconds are core-seconds
 
     tokenizer_dir = build_qwen_tokenizer(workdir / "qwen2.5-tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -100,37 +111,38 @@ def main(argv: list[str] | None = None) -> int:
     backend = tokenizer.backend_tokenizer
     print(f"rows: {len(rows):,}, encoded conversations: {len(texts):,}", flush=True)
 
-    def encode_only() -> float:
-        return time_encode(texts, lambda batch: [e.ids for e in backend.encode_batch_fast(batch)])
+    def train_once():
+        return timed(lambda: train_side(rows, tokenizer, workdir, args.max_length, 1))
 
-    train_s, data = time_train_side(rows, tokenizer, workdir, args.max_length, 1)
-    encode_s = encode_only()
+    def encode_once():
+        return timed(
+            lambda: encode_in_batches(texts, lambda b: [e.ids for e in backend.encode_batch_fast(b)])
+        )
+
+    train_wall, train_cpu, data = train_once()
+    encode_wall, encode_cpu, _ = encode_once()
     if not args.quick:  # ABBA: the second of each pair runs under the other's drift
-        encode_s = min(encode_s, encode_only())
-        train_s = min(train_s, time_train_side(rows, tokenizer, workdir, args.max_length, 1)[0])
+        wall, cpu, _ = encode_once()
+        encode_wall, encode_cpu = min(encode_wall, wall), min(encode_cpu, cpu)
+        wall, cpu, _ = train_once()
+        train_wall, train_cpu = min(train_wall, wall), min(train_cpu, cpu)
     tokens = sum(len(ids) for ids in data.dataset["input_ids"])
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(data.dropped.items())) or "none"
-    print(
-        f"train side, 1 process: {train_s:.1f} s, {len(rows) / train_s:,.0f} rows/s "
-        f"({len(data.dataset):,} examples, {tokens:,} tokens kept; dropped: {dropped})"
-    )
-    print(f"encode only (encode_batch_fast): {encode_s:.1f} s, {len(rows) / encode_s:,.0f} rows/s")
+    print(f"kept {len(data.dataset):,} examples, {tokens:,} tokens; dropped: {dropped}")
+    report("train side (tokenize_dataset, 1 process)", len(rows), train_wall, train_cpu)
+    report("encode only (encode_batch_fast)", len(rows), encode_wall, encode_cpu)
+    projected = args.project_rows * train_cpu / len(rows) / args.project_cores
+    print(f"projected: {args.project_rows:,} rows on {args.project_cores} cores: {projected / 60:.1f} min")
     if not args.quick:
-        wrapper_s = time_encode(texts, lambda batch: tokenizer(batch, add_special_tokens=False))
-        print(f"transformers tokenizer(texts): {wrapper_s:.1f} s, {len(rows) / wrapper_s:,.0f} rows/s")
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        cpu = time.process_time()
-        wall, _ = time_train_side(rows, tokenizer, workdir, args.max_length, 1)
-        per_cpu_s = len(rows) / (time.process_time() - cpu)
-        print(f"train side, 1 process on 1 core: {wall:.1f} s, {per_cpu_s:,.0f} rows per CPU-second")
-        projected = args.project_rows / (per_cpu_s * args.project_cores)
-        print(
-            f"projected: {args.project_rows:,} rows on {args.project_cores} cores: {projected / 60:.1f} min"
+        wall, cpu, _ = timed(
+            lambda: encode_in_batches(texts, lambda b: tokenizer(b, add_special_tokens=False))
         )
+        report("transformers tokenizer(texts)", len(rows), wall, cpu)
         for processes in range(2, args.max_proc + 1):
-            seconds, _ = time_train_side(rows, tokenizer, workdir, args.max_length, processes)
-            print(f"train side, {processes} processes: {seconds:.1f} s, {len(rows) / seconds:,.0f} rows/s")
-    print(f"tokenize/encode_only rows_per_s_ratio={encode_s / train_s:.3f}")
+            wall, _, _ = timed(lambda n=processes: train_side(rows, tokenizer, workdir, args.max_length, n))
+            print(f"train side, {processes} processes: {wall:.1f} s wall, {len(rows) / wall:,.0f} rows/s")
+    print(f"wall-clock ratio: {encode_wall / train_wall:.3f}")
+    print(f"tokenize/encode_only rows_per_s_ratio={encode_cpu / train_cpu:.3f}")
     return 0
 
 
