@@ -29,4 +29,4 @@ def test_tokenize_benchmark_quick_mode_prints_the_ratio_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"tokenize/encode_only rows_per_s_ratio=[0-9]+\.[0-9]{3}", lines[-1]), lines[-1]
-    assert any(line.startswith("train side, 1 process: ") for line in lines)
+    assert any(line.startswith("train side (tokenize_dataset, 1 process): ") for line in lines)
