@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from data_prep.sources import ROLES, Row
+from data_prep.sources import Row
 from sft.errors import UserError
 from sft.families.base import load_tokenizer_dir
 
@@ -33,29 +33,6 @@ CHATML_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def check_conversation(messages: list[dict[str, str]]) -> str | None:
-    """Conversation-shape checks on schema-valid messages; returns a malformed detail or None.
-
-    Valid: an optional system turn first, then user/assistant strictly alternating, starting with
-    user and ending with assistant, no empty or whitespace-only content.
-    """
-    for message in messages:
-        if message["role"] not in ROLES:
-            return "unknown_role"
-        if not message["content"].strip():
-            return "empty_content"
-    roles = [m["role"] for m in messages]
-    if "user" not in roles:
-        return "no_user_turn"
-    if roles[-1] != "assistant":
-        return "not_ending_with_assistant"
-    body = roles[1:] if roles[0] == "system" else roles
-    for index, role in enumerate(body):
-        if role != ("user" if index % 2 == 0 else "assistant"):
-            return "roles_out_of_order"
-    return None
 
 
 def source_excluded(row: Row, include: Sequence[str], exclude: Sequence[str]) -> str | None:
@@ -89,7 +66,11 @@ class TokenCounter:
     def __init__(self, tokenizer_path: str, file: str = "") -> None:
         try:
             self.tokenizer = load_tokenizer_dir(tokenizer_path)
-        except Exception as exc:  # noqa: BLE001 - missing dir, offline hub id, broken files
+        except UserError as err:  # a hub id missing from the cache offline: say how to fetch it
+            raise UserError(
+                err.what, file=file or None, key="filters.tokenizer", expected=err.expected
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - missing dir, broken files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"cannot load tokenizer '{tokenizer_path}': {first}",

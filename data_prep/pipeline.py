@@ -25,13 +25,12 @@ from data_prep.filters import (
     REASONS,
     Decontaminator,
     TokenCounter,
-    check_conversation,
     load_eval_prompts,
     source_excluded,
 )
 from data_prep.recipe import Recipe, load_data_recipe
 from data_prep.report import write_prep_report
-from data_prep.sources import Row, adapt, count_rows, raw_json, read_batches, resolve_files
+from data_prep.sources import Row, adapt, count_rows, raw_json, read_batches, resolve_files, valid_text
 from data_prep.writer import ParquetShardWriter, RejectWriter
 from sft.errors import UserError
 from sft.validation import is_hub_id
@@ -175,7 +174,7 @@ class _Run:
             detail=detail,
             source=row.source if row else name,
             id=row.id if row else None,
-            file=file,
+            file=valid_text(file),
             row=index,
             tokens=tokens,
             raw=raw_json(raw),
@@ -187,21 +186,19 @@ class _Run:
         self.acc.input[name] += len(rows)
         for offset, raw in enumerate(rows):
             index = start + offset
-            row = adapt(raw, fmt, name)
+            row = adapt(raw, fmt, name, check_shape=f.malformed)
             if isinstance(row, str):
                 self._drop(name, "malformed", row, raw, None, file, index)
                 continue
-            reason, detail = None, None
-            if f.malformed and (detail := check_conversation(row.messages)):
-                reason = "malformed"
-            elif f.include_sources or f.exclude_sources:
+            reason = None
+            if f.include_sources or f.exclude_sources:
                 reason = source_excluded(row, f.include_sources, f.exclude_sources)
             if reason is None and self.decon is not None:
                 reason = self.decon.check(row)
             if reason is None and self.exact is not None:
                 reason = self.exact.check(row)
             if reason:
-                self._drop(name, reason, detail, raw, row, file, index)
+                self._drop(name, reason, None, raw, row, file, index)
                 continue
             survivors.append((row, raw, index))
         if self.counter is not None:

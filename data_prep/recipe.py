@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sft.errors import UserError
+from sft.recipe import locate
 from sft.validation import apply_override, build_dataclass, read_mapping
 
 Format = Literal["auto", "tulu3", "smoltalk", "messages", "sharegpt", "prompt_completion"]
@@ -21,12 +22,15 @@ FORMATS = get_args(Format)
 
 @dataclass
 class SourceSpec:
-    """One input: a hub id, a local directory in the hub's layout, or parquet/jsonl/json files."""
+    """One input: a hub id, a local directory in the hub's layout, or parquet/jsonl/json files.
+    `config`, `split` and `revision` (a hub id's branch, tag or commit) as `datasets.load_dataset`
+    takes them."""
 
     name: str
     path: str
     config: str | None = None
     split: str = "train"
+    revision: str | None = None
     format: Format = "auto"
 
 
@@ -117,8 +121,9 @@ def recipe_from_dict(data: Any, file: str) -> Recipe:
 
 
 def load_data_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a data recipe YAML, apply overrides, validate."""
-    file = str(path)
+    """Read a data recipe YAML (a `recipes/...` path falls back to the shipped copy), apply overrides,
+    validate."""
+    file = locate(path)
     data = read_mapping(file, "a data recipe: sources, filters, output_dir, ...")
     for override in overrides:
         apply_override(data, override, file)

@@ -10,7 +10,7 @@ for recipe keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from trl import SFTConfig
@@ -66,12 +66,19 @@ class DiffusionSFTConfig(SFTConfig):
     max_consecutive_nonfinite (`int`, defaults to 5; a `training:` key):
         An optimizer step whose gradients are not finite is skipped (no update) and counted in the
         `nonfinite_steps` metric; more than this many in a row stop the run with a clear message.
-    resume_from_checkpoint (`str` or `None`, defaults to `"auto"`; a `training:` key):
+    resume_from_checkpoint (`str`, `bool` or `None`, defaults to `"auto"`; a `training:` key):
         `auto` continues from the newest *complete* `checkpoint-N` in `output_dir` (model,
         optimizer, scheduler, RNG states, data position; the diffusion noise is a function of the
-        step, so it resumes exactly), or starts fresh when there is none; a path resumes from that
-        checkpoint; null always starts fresh. A checkpoint is complete once its trainer_state.json
-        (written last) is; one cut short by a kill is ignored.
+        step, so it resumes exactly), or starts fresh when there is none; `true` does the same but
+        requires a checkpoint; a path resumes from that checkpoint; `null`/`false` always start
+        fresh. A checkpoint is complete once its trainer_state.json (written last) is; one cut
+        short by a kill is ignored. A resumed run says so, with the step, on its first output line.
+    overwrite_output_dir (`bool`, defaults to False; a `training:` key):
+        An `output_dir` holding a *finished* run (its `dlm_run.json`) is refused unless this is
+        true; then the old run's checkpoints and record are removed and training starts fresh.
+    chat_template_path (`str` or `None`; a `training:` key, as in TRL):
+        A `.jinja`/`.j2` chat template file that replaces the tokenizer's template: the training
+        data is rendered with it, and it is saved with the run's tokenizer and every export.
     mask_token_id (`int` or `None`):
         Id of the mask token; set by the model family (from the config or tokenizer).
     shift (`bool`, defaults to True):
@@ -90,7 +97,8 @@ class DiffusionSFTConfig(SFTConfig):
     mask_token_id: int | None = None
     shift: bool = True
     max_consecutive_nonfinite: int = 5
-    resume_from_checkpoint: str | None = "auto"
+    resume_from_checkpoint: str | bool | None = "auto"
+    overwrite_output_dir: bool = False
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -134,12 +142,51 @@ DIFFUSION_FIELDS = (
 FAMILY_FIELDS = ("mask_token_id", "shift")
 """Fields set from the model family, never by the recipe."""
 
+_DATA_IS_TOKENIZED = "remove it: dlm-sft tokenizes the chat rows itself (see data.*)"
+_PACKING = "use data.batching: pack (per-document attention and noise)"
+_RESPONSE_ONLY = "remove it: only response tokens are ever masked (data.multi_turn picks the turns)"
+_DIFFUSION_LOSS = "remove it: the loss is the diffusion loss (see diffusion.weighting)"
+_FUSED_HEAD = "remove it: the masked-only head already fuses the LM head and the loss"
+REFUSED_TRAINING_KEYS = {
+    "max_length": "use data.max_length",
+    "truncation_mode": "use data.truncation",
+    "packing": _PACKING,
+    "packing_strategy": _PACKING,
+    "padding_free": _PACKING,
+    "eval_packing": _PACKING,
+    "pad_to_multiple_of": _PACKING,
+    "completion_only_loss": _RESPONSE_ONLY,
+    "assistant_only_loss": _RESPONSE_ONLY,
+    "dataset_text_field": "use data.train rows with `messages` or `prompt`/`completion`",
+    "dataset_kwargs": _DATA_IS_TOKENIZED,
+    "dataset_num_proc": "use data.num_proc",
+    "shuffle_dataset": "remove it: the sampler reshuffles every epoch (training.data_seed)",
+    "remove_unused_columns": _DATA_IS_TOKENIZED,
+    "eos_token": "remove it: the tokenizer's EOS is used (choose the tokenizer with model.tokenizer)",
+    "pad_token": "remove it: the tokenizer's pad token is used (choose it with model.tokenizer)",
+    "model_init_kwargs": "use model.dtype and model.attn_implementation",
+    "trust_remote_code": "use model.trust_remote_code",
+    "loss_type": "use diffusion.weighting",
+    "label_smoothing_factor": _DIFFUSION_LOSS,
+    "router_aux_loss_coef": _DIFFUSION_LOSS,
+    "label_names": "remove it: the diffusion loss builds its own targets",
+    "average_tokens_across_devices": "use diffusion.loss_normalization",
+    "use_liger_kernel": _FUSED_HEAD,
+    "liger_kernel_config": _FUSED_HEAD,
+    "activation_offloading": "use training.activation_checkpointing",
+    "parallelism_config": "use the parallelism_config of an accelerate config (--accelerate FILE)",
+}
+"""TRL `SFTConfig` / `TrainingArguments` keys that diffusion SFT does not honour, each with what
+does that job here. A recipe setting one is refused with that name; every other field works as in
+TRL and transformers."""
+
 
 @dataclass
 class ModelSettings:
     """The recipe's `model:` section.
 
-    name_or_path: a local model directory (or a hub id where a network exists). Required.
+    name_or_path: a local model directory or a hub id (read from the hub cache, fetched when missing;
+        offline, `HF_HUB_OFFLINE=1`, only the cache). Required.
     family: `auto` (from config.json), `dream`, `llada`, `ar` (any Qwen2/Llama causal LM made
         bidirectional, with a `<|mask|>` token added when the tokenizer lacks one) or `remote`
         (an unknown family through its own code; needs `trust_remote_code`).
@@ -170,8 +217,12 @@ class DataSettings:
     """The recipe's `data:` section.
 
     train: a chat data file (`.jsonl`, `.json`, `.parquet`) or directory (parquet shards, the hub
-        layout with `data/`, or a `datasets.save_to_disk` directory), or a list of them. Rows
-        have `messages` (list of {role, content}, the Tulu 3 schema) or `prompt`/`completion`.
+        layout with `data/`, or a `Dataset.save_to_disk` directory), a hub dataset id
+        (`HuggingFaceTB/smoltalk`) or a mapping `{name, config, split, revision}` as
+        `datasets.load_dataset` takes them (`name` may also be a `DatasetDict.save_to_disk`
+        directory, `split` choosing its split), or a list of these. Hub datasets are read from the
+        hub cache when cached (offline too), else downloaded. Rows have `messages` (list of
+        {role, content}, the Tulu 3 schema) or `prompt`/`completion`.
     eval: the same, for evaluation (optional).
     max_length: longest training row in tokens (prompt + response + EOS tail).
     multi_turn: `last` (Dream: the history is the prompt, the last assistant turn the response)
@@ -191,8 +242,8 @@ class DataSettings:
         max_length, leaving nothing to pack.
     """
 
-    train: str | list[str] = ""
-    eval: str | list[str] | None = None
+    train: str | dict[str, Any] | list[str | dict[str, Any]] = ""
+    eval: str | dict[str, Any] | list[str | dict[str, Any]] | None = None
     max_length: int = 2048
     multi_turn: Literal["last", "all"] = "last"
     truncation: Literal["drop", "truncate_response"] = "drop"

@@ -1,12 +1,13 @@
 """Chat data → tokenized training examples `{input_ids, prompt_length, truncated, example_id}`.
 
-Rows carry `messages` (a list of {role, content}, the Tulu 3 / SmolTalk schema) or
-`prompt`/`completion` strings. The tokenizer's chat template renders each example; the response is
-everything the template adds for the target assistant turn (for ChatML: the content, `<|im_end|>`
-and the newline), followed by one EOS. The prompt/response boundary comes from the rendered text:
-tokens that start before the end of the rendered prompt belong to the prompt, so a prompt token is
-never supervised. Every row that yields no example is counted by reason; nothing is dropped
-silently.
+Rows carry `messages` (a list of {role, content}, the Tulu 3 / SmolTalk schema), ShareGPT
+`conversations` or `prompt`/`completion` strings; each passes the row check `dlm-sft prepare`
+applies (`sft.chat_rows`) before it reaches the tokenizer. The tokenizer's chat template renders
+each example; the response is everything the template adds for the target assistant turn (for
+ChatML: the content, `<|im_end|>` and the newline), followed by one EOS. The prompt/response
+boundary comes from the rendered text: tokens that start before the end of the rendered prompt
+belong to the prompt, so a prompt token is never supervised. Every row that yields no example is
+counted by reason; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
+from sft import hub
+from sft.chat_files import CONVERSATION_KEYS, file_batches
+from sft.chat_rows import RowProblem, conversation, is_valid_text
 from sft.config import DataSettings
 from sft.encoding import PromptEncoder
 from sft.errors import UserError
+from sft.hub import DatasetRef
 from sft.token_cache import build_once, wait_for
 
 KEPT = ("ok", "truncated")
@@ -68,63 +74,148 @@ def data_files(path: str) -> tuple[str, list[str]]:
             file=path,
             expected="a directory of chat data shards",
         )
-    raise UserError("data path not found", file=path, expected="an existing file or directory")
+    raise UserError(
+        "data path not found", file=path, expected="an existing file or directory, or a hub dataset id"
+    )
 
 
-def load_chat_rows(paths: str | list[str], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
-    """Load chat rows from files/directories, keeping only the conversation columns (and those of
-    `extra_columns` that a file has, e.g. `source` for task scoring)."""
+def load_chat_rows(
+    paths: str | dict[str, Any] | list[str | dict[str, Any]], extra_columns: tuple[str, ...] = ()
+) -> datasets.Dataset:
+    """Load chat rows from files, directories and hub datasets (`sft.hub.DatasetRef`: an `org/name`
+    string or a `{name, config, split, revision}` mapping), keeping only the conversation columns
+    (and those of `extra_columns` that a source has, e.g. `source` for task scoring).
+
+    Local files are read by `sft.chat_files` and checked row by row (`sft.chat_rows`, the check
+    `dlm-sft prepare` applies): a row that cannot be used keeps its place with `messages` None and
+    its reason in `problem`, so tokenization counts it; any schema, in any mix across files, reads.
+    Hub datasets and `save_to_disk` directories are read as they are; `to_messages` checks their rows.
+    """
     parts = []
-    for path in [paths] if isinstance(paths, str) else paths:
-        if Path(path, "state.json").is_file():  # a datasets.save_to_disk directory
-            loaded = datasets.load_from_disk(path)
-        else:
-            builder, files = data_files(path)
-            empty = [f for f in files if Path(f).stat().st_size == 0]
-            if empty:
-                raise UserError("empty data file", file=empty[0], expected="chat rows")
-            verbosity = datasets.logging.get_verbosity()
-            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the UserError says it once
-            try:
-                loaded = datasets.load_dataset(builder, data_files=files, split="train")
-            except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
+    for item in [paths] if isinstance(paths, (str, dict)) else paths:
+        loaded = _dataset(item)
+        if loaded is not None:
+            dataset, name = loaded
+            columns = [c for c in ("messages", "prompt", "completion") if c in dataset.column_names]
+            if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
                 raise UserError(
-                    f"cannot read data: {_reader_message(err)}",
-                    file=path,
-                    expected="one JSON object per line (.jsonl), a JSON list (.json) or parquet",
-                ) from None
-            finally:
-                datasets.logging.set_verbosity(verbosity)
-        columns = [c for c in ("messages", "prompt", "completion") if c in loaded.column_names]
-        extra = [c for c in extra_columns if c in loaded.column_names]
-        if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
-            raise UserError(
-                f"no conversation columns (has {', '.join(loaded.column_names)})",
-                file=path,
-                expected="a 'messages' column or 'prompt' and 'completion'",
-            )
-        parts.append(loaded.select_columns(columns + extra))
+                    f"no conversation columns (has {', '.join(dataset.column_names)})",
+                    file=name,
+                    expected="a 'messages' column or 'prompt' and 'completion'",
+                )
+            extra = [c for c in extra_columns if c in dataset.column_names]
+            parts.append(dataset.select_columns(columns + extra))
+            continue
+        _, files = data_files(str(item))
+        empty = [f for f in files if Path(f).stat().st_size == 0]
+        if empty:
+            raise UserError("empty data file", file=empty[0], expected="chat rows")
+        parts.append(_checked_rows(files, tuple(extra_columns)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _reader_message(err: BaseException) -> str:
-    """The reader's own message: `datasets` wraps it in a DatasetGenerationError without detail."""
-    current: BaseException | None = err
-    for _ in range(10):
-        if current is None:
-            break
-        text = str(current).strip()
-        if text and not isinstance(current, datasets.exceptions.DatasetGenerationError):
-            return text.splitlines()[0]
-        current = current.__cause__ or current.__context__
-    return type(err).__name__
+def dataset_ref(item: str | dict[str, Any]) -> DatasetRef | None:
+    """The hub dataset (or split of a local `DatasetDict`) an entry of `data.train`/`data.eval`
+    names; None for a local file or directory given as a string."""
+    if isinstance(item, dict):
+        return DatasetRef(**item)
+    return DatasetRef(item) if hub.is_dataset_id(item) else None
+
+
+def _dataset(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str] | None:
+    """An entry of `data.train`/`data.eval` that is a hub dataset or a `save_to_disk` directory, as a
+    Dataset with its name for messages; None for local data files."""
+    ref = dataset_ref(item)
+    if ref is not None and not Path(ref.name).exists():
+        return hub.load_dataset(ref), ref.name
+    path = ref.name if ref is not None else str(item)
+    if Path(path, "dataset_dict.json").is_file():  # a DatasetDict.save_to_disk root
+        splits = datasets.load_from_disk(path)
+        split = ref.split if ref is not None else None
+        if split not in splits:
+            raise UserError(
+                f"a DatasetDict with splits {', '.join(splits)}; choose one",
+                file=path,
+                expected=f"{path}/<split> or {{name: {path}, split: <split>}}",
+            )
+        return splits[split], path
+    if Path(path, "state.json").is_file():  # a Dataset.save_to_disk directory
+        return datasets.load_from_disk(path), path
+    return None
+
+
+READER_VERSION = 1
+"""Bumped when reading or checking rows changes, so rows read by older code are not reused."""
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def _checked_rows(files: list[str], extra_columns: tuple[str, ...]) -> datasets.Dataset:
+    """The checked rows of local files, memory-mapped from an Arrow file in the datasets cache
+    (`HF_DATASETS_CACHE/dlm-sft-rows/<key>`), written once per version of the files: the key is
+    their paths, sizes and modification times."""
+    stamps = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    key = hashlib.sha256(json.dumps([READER_VERSION, stamps, extra_columns]).encode()).hexdigest()[:32]
+    path = Path(datasets.config.HF_DATASETS_CACHE) / "dlm-sft-rows" / key / "rows.arrow"
+    if not path.is_file():
+        schema = pa.schema(
+            [("messages", MESSAGES), ("problem", pa.string())] + [(c, pa.string()) for c in extra_columns]
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"rows.arrow.partial-{os.getpid()}")
+        try:
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for file in files:
+                    for columns in _checked_columns(Path(file), extra_columns):
+                        writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(path))
+
+
+def _checked_columns(file: Path, extra_columns: tuple[str, ...]) -> Iterator[dict[str, list]]:
+    """A file's rows, batch by batch, as columns: `messages` (None for a bad row), `problem` (its
+    reason) and the `extra_columns` (None unless valid text)."""
+    keys: set[str] = set()
+    for batch in file_batches(file, batch_rows=2048):
+        columns: dict[str, list] = {"messages": [], "problem": [], **{c: [] for c in extra_columns}}
+        for raw in batch.rows:
+            if isinstance(raw, dict) and len(keys) < 100:
+                keys.update(map(str, raw))
+            try:
+                messages, problem = conversation(raw), None
+            except RowProblem as err:
+                messages, problem = None, err.reason
+            columns["messages"].append(messages)
+            columns["problem"].append(problem)
+            for name in extra_columns:
+                value = raw.get(name) if isinstance(raw, dict) else None
+                columns[name].append(value if isinstance(value, str) and is_valid_text(value) else None)
+        yield columns
+    if keys and not keys & set(CONVERSATION_KEYS):
+        raise UserError(
+            f"no conversation columns (has {', '.join(sorted(keys)[:10])})",
+            file=str(file),
+            expected="a 'messages' column, ShareGPT 'conversations', or 'prompt' and 'completion'",
+        )
 
 
 def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """A row's conversation as a list of {role, content} (prompt/completion become one exchange)."""
-    if row.get("messages") is not None:
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    """A row's checked conversation as a list of {role, content}; raises `RowProblem` for a row
+    that cannot be trained on (the reason it is counted under)."""
+    if row.get("problem"):
+        raise RowProblem(row["problem"])
+    return conversation(row)
+
+
+def usable_rows(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], list[dict[str, str]]]]:
+    """(row, its checked conversation) for each row that passes the row check; the others are
+    left out, as training leaves them out."""
+    for row in rows:
+        try:
+            yield row, to_messages(row)
+        except RowProblem:
+            continue
 
 
 def tokenize_conversation(
@@ -221,7 +312,7 @@ def _status(reason: str) -> dict[str, Any]:
     return {"input_ids": [], "prompt_length": 0, "truncated": False, "status": reason}
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bumped when tokenization or the cache layout changes, so old caches are not reused."""
 
 COLUMNS = datasets.Features(
@@ -366,8 +457,8 @@ def _tokenize_rows(
     for i in range(len(next(iter(batch.values())))):
         try:
             conversations.append(to_messages({name: values[i] for name, values in batch.items()}))
-        except (KeyError, TypeError):
-            conversations.append("malformed")
+        except RowProblem as problem:
+            conversations.append(problem.reason)
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for examples in tokenize_conversations(conversations, tokenizer, encoder, **policy):
         for example in examples:

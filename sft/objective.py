@@ -31,11 +31,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
-HEAD_CHUNK_TOKENS = 512
-"""Masked positions per LM-head chunk: 512 × 152k-vocabulary fp32 logits are ~0.3 GB."""
 
 Weighting = Literal["inv_t", "linear", "uniform", "cart"]
 Normalization = Literal["supervised", "sequence"]
@@ -207,27 +202,6 @@ def doc_denominator(supervised: torch.Tensor, normalization: Normalization) -> t
     return (supervised > 0).to(torch.float32)
 
 
-def chunked_cross_entropy(
-    hidden: torch.Tensor,
-    head: Callable[[torch.Tensor], torch.Tensor],
-    targets: torch.Tensor,
-    chunk_size: int = HEAD_CHUNK_TOKENS,
-) -> torch.Tensor:
-    """CE(head(hidden_n), target_n) per row of `hidden` (N, H), in float32, `chunk_size` rows at a
-    time. Each chunk's logits are recomputed in the backward pass instead of stored, so at most one
-    chunk × vocabulary of logits exists at once."""
-
-    def chunk_ce(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h).float(), y, reduction="none")
-
-    recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk_size
-    parts = [
-        checkpoint(chunk_ce, h, y, use_reentrant=False) if recompute else chunk_ce(h, y)
-        for h, y in zip(hidden.split(chunk_size), targets.split(chunk_size))
-    ]
-    return torch.cat(parts) if parts else chunk_ce(hidden, targets)  # keep the head in the graph
-
-
 @dataclass
 class NoisedBatch:
     """A batch after the forward process: what the model sees and what the loss needs."""
@@ -268,25 +242,23 @@ def add_noise(
     return NoisedBatch(noisy, masked, t, weights, doc_t)
 
 
-def masked_loss(
+def masked_token_weights(
     noised: NoisedBatch,
-    token_ce: torch.Tensor,
     doc_ids: torch.Tensor,
     supervised: torch.Tensor,
     normalization: Normalization,
     denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss of the module docstring: Σ_docs scale_d · Σ_{j masked} w_j · CE_j ÷ denominator.
-
-    `token_ce` (N,) is the cross-entropy at the masked positions in `noised.masked.nonzero()` order;
-    `supervised` (D,) each document's supervised tokens. `denominator` is the global batch's (see
-    `doc_denominator`, at least 1); None uses this batch's own (evaluation)."""
+    """Each masked position's factor in the loss of the module docstring, scale_d · w_j ÷ denominator,
+    (N,) in `noised.masked.nonzero()` order: the loss is Σ_j factor_j · CE_j (the fused LM head,
+    `sft.linear_cross_entropy`, computes that sum). `supervised` (D,) is each document's supervised
+    tokens; `denominator` the global batch's (see `doc_denominator`, at least 1); None uses this
+    batch's own (evaluation)."""
     rows, cols = noised.masked.nonzero(as_tuple=True)
     scale = doc_loss_scale(supervised, normalization)
-    total = (token_ce * noised.weights[rows, cols] * scale[doc_ids[rows, cols]]).sum()
     if denominator is None:
         denominator = doc_denominator(supervised, normalization).sum().clamp(min=1)
-    return total / denominator
+    return noised.weights[rows, cols] * scale[doc_ids[rows, cols]] / denominator
 
 
 def noise_stats(noised: NoisedBatch, tail: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,16 @@
-"""A forward that applies the LM head only at the positions the loss needs.
+"""A forward that returns the masked-diffusion loss, applying the LM head only where the loss needs it.
 
-`enable_prediction_positions(model)` adds two keyword arguments to `model(...)`:
-`prediction_positions=(rows, cols)` makes it return logits of shape (N, V) for those N positions
-only — the backbone runs as usual, its hidden states are gathered at (rows, cols) and only those go
-through the LM head; adding `prediction_targets` (N,) makes it return the per-position
-cross-entropy (N,) instead, computed in chunks whose logits are recomputed in the backward pass
-(`objective.chunked_cross_entropy`). Either way a B×L×V logits tensor never exists. Without these
-arguments the model's own forward runs unchanged (generation, full logits).
+`enable_prediction_positions(model)` adds three keyword arguments to `model(...)`:
+`prediction_positions=(rows, cols)`, `prediction_targets` (N,) and `prediction_weights` (N,). With
+them the backbone runs as usual, its hidden states are gathered at the N positions (rows, cols) and
+the model returns Σ_n weight_n · CE(head(hidden_n), target_n), a scalar, computed by the fused
+linear + cross-entropy (`sft.linear_cross_entropy`): a B×L×V logits tensor never exists, nor more
+than one chunk of N×V. Without these arguments the model's own forward runs unchanged (generation,
+full logits).
 
 It patches the forward on the model instance (as TRL does for its fused LM head) so that
-DDP, FSDP and DeepSpeed, which wrap the model and call it, see one ordinary forward call.
+DDP, FSDP and DeepSpeed, which wrap the model and call it, see one ordinary forward call. The head
+computation is one call, `head_loss` (where a ZeRO-3 gather of the head's parameters belongs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from sft.objective import HEAD_CHUNK_TOKENS, chunked_cross_entropy
+from sft.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy
+
+
+def head_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor,
+    chunk_size: int = HEAD_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """Σ_n token_weights_n · CE(head(hidden_n), targets_n) for the LM head module `head`: its own
+    weight, tied or not, or the trained copy under LoRA's `modules_to_save` (TRL's SFTTrainer
+    refuses LoRA adapters on the head itself, which a weight read directly would ignore)."""
+    return linear_cross_entropy(hidden, head.weight, head.bias, targets, token_weights, chunk_size)
 
 
 def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_CHUNK_TOKENS) -> None:
@@ -32,6 +46,7 @@ def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_C
         *args: Any,
         prediction_positions: tuple[torch.Tensor, torch.Tensor] | None = None,
         prediction_targets: torch.Tensor | None = None,
+        prediction_weights: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         if prediction_positions is None:
@@ -40,11 +55,8 @@ def enable_prediction_positions(model: PreTrainedModel, chunk_size: int = HEAD_C
             kwargs.pop(unused, None)
         hidden = model.get_decoder()(*args, use_cache=False, **kwargs).last_hidden_state
         rows, cols = prediction_positions
-        selected = hidden[rows, cols]
         head = model.get_output_embeddings()
-        if prediction_targets is None:
-            return head(selected)
-        return chunked_cross_entropy(selected, head, prediction_targets, chunk_size)
+        return head_loss(hidden[rows, cols], head, prediction_targets, prediction_weights, chunk_size)
 
     model.forward = forward
     model._dlm_prediction_positions = True

@@ -17,9 +17,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from sft import hub
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
+    REFUSED_TRAINING_KEYS,
     DataSettings,
     DiffusionSFTConfig,
     LoraSettings,
@@ -28,6 +30,7 @@ from sft.config import (
 )
 from sft.errors import UserError
 from sft.families import FAMILIES
+from sft.hub import DatasetRef
 from sft.validation import (
     apply_override,
     build_dataclass,
@@ -181,11 +184,6 @@ def _section(raw: dict[str, Any], name: str, file: str) -> dict[str, Any]:
 def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: str) -> DiffusionSFTConfig:
     hints = typing.get_type_hints(DiffusionSFTConfig)
     training_names = [n for n in hints if n not in DIFFUSION_FIELDS and n not in FAMILY_FIELDS]
-    owned_elsewhere = {
-        "max_length": "data.max_length",
-        "packing": "data.batching: pack",
-        "padding_free": "data.batching: pack",
-    }
     for key, value in diffusion.items():
         if key not in DIFFUSION_FIELDS:
             hint = " (a training setting: put it under training:)" if key in training_names else ""
@@ -208,9 +206,12 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
             raise UserError(
                 "a diffusion setting", file=file, key=f"training.{key}", expected=f"diffusion.{key}"
             )
-        if key in owned_elsewhere or key in FAMILY_FIELDS:
-            where = owned_elsewhere.get(key, "the model family")
-            raise UserError("set elsewhere", file=file, key=f"training.{key}", expected=f"{where} instead")
+        if key in FAMILY_FIELDS:
+            raise UserError("set by the model family", file=file, key=f"training.{key}")
+        if key in REFUSED_TRAINING_KEYS:
+            raise UserError(
+                f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", file=file, key=f"training.{key}"
+            )
         if key not in hints:
             raise UserError(
                 f"unknown key{suggest(key, training_names)}",
@@ -224,6 +225,29 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         return DiffusionSFTConfig(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"invalid training settings: {first_line(err)}", file=file, key="training") from None
+    except ImportError as err:  # e.g. `deepspeed:` without the deepspeed package
+        raise UserError(
+            f"needs a package that is not installed: {first_line(err)}", file=file, key="training"
+        ) from None
+
+
+def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> None:
+    """A data entry is an existing file or directory, a hub dataset id, or a `DatasetRef` mapping."""
+    if isinstance(item, dict):
+        ref = build_dataclass(DatasetRef, item, where, file)
+        if not ref.name:
+            raise UserError("missing", file=file, key=f"{where}.name", expected="a hub dataset id or a path")
+        if not Path(ref.name).exists() and not is_hub_id(ref.name):
+            raise UserError(
+                f"not found: {ref.name}", file=file, key=f"{where}.name", expected="a hub dataset id or path"
+            )
+    elif not Path(item).exists() and not hub.is_dataset_id(item):
+        raise UserError(
+            f"file not found: {item}",
+            file=file,
+            key=where,
+            expected="an existing .jsonl/.json/.parquet file or directory, or a hub dataset id",
+        )
 
 
 def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -> None:
@@ -256,14 +280,10 @@ def _check_model_and_data(model: ModelSettings, data: DataSettings, file: str) -
         raise UserError("missing", file=file, key="data.train", expected="a chat data file or dir")
     for key in ("train", "eval"):
         value = getattr(data, key)
-        for item in [value] if isinstance(value, str) else (value or []):
-            if not Path(item).exists():
-                raise UserError(
-                    f"file not found: {item}",
-                    file=file,
-                    key=f"data.{key}",
-                    expected="an existing .jsonl/.json/.parquet file or directory",
-                )
+        items = [value] if isinstance(value, (str, dict)) else (value or [])
+        for index, item in enumerate(items):
+            where = f"data.{key}" if isinstance(value, (str, dict)) else f"data.{key}.{index}"
+            _check_data_source(item, where, file)
     if data.max_length < 2:
         raise UserError(
             f"too small: {data.max_length}",

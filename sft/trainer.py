@@ -4,8 +4,8 @@ Wiring only; the math lives in `sft/objective.py`. The trainer overrides three h
 - `_get_num_items_in_batch`: the loss denominator of the *global* batch (all accumulation
   micro-batches, summed over data-parallel ranks), so loss and gradients do not depend on how the
   global batch is split;
-- `compute_loss`: noise → forward with logits only at masked positions → weighted CE ÷ that
-  denominator; logs masked tokens, mean t and the EOS share of supervised tokens;
+- `compute_loss`: noise → forward with the LM head only at masked positions, fused with the
+  weighted CE ÷ that denominator; logs masked tokens, mean t and the EOS share of supervised tokens;
 - evaluation uses a fixed t grid and seed, so eval loss is deterministic;
 and guards the optimizer: a step whose gradients are not finite is skipped (no update) and counted
 (`nonfinite_steps`); more than `max_consecutive_nonfinite` in a row abort the run with a clear
@@ -105,25 +105,26 @@ class DiffusionSFTTrainer(SFTTrainer):
         noised = self._add_noise(inputs, training)
         rows, cols = noised.masked.nonzero(as_tuple=True)
         source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
-        config = self.accelerator.unwrap_model(model).config
-        # the forward is patched (sft/prediction_head.py): the LM head runs only at `source` and the
-        # model returns the cross-entropy against `prediction_targets` there, (N,)
-        token_ce = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
-            prediction_positions=(rows, source),
-            prediction_targets=ids[rows, cols],
-        )
         denominator = None
         if training and num_items_in_batch is not None:
             # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
             denominator = num_items_in_batch.clamp(min=1) / self.accelerator.num_processes
-        loss = objective.masked_loss(
-            noised, token_ce, doc_ids, inputs["supervised"], args.loss_normalization, denominator
+        loss_weights = objective.masked_token_weights(
+            noised, doc_ids, inputs["supervised"], args.loss_normalization, denominator
+        )
+        config = self.accelerator.unwrap_model(model).config
+        # the forward is patched (sft/prediction_head.py): the LM head runs only at `source` and the
+        # model returns Σ loss_weights · CE against `prediction_targets` there (a fused linear + CE)
+        loss = model(
+            input_ids=noised.noisy_ids,
+            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            prediction_positions=(rows, source),
+            prediction_targets=ids[rows, cols],
+            prediction_weights=loss_weights,
         )
         stats = objective.noise_stats(noised, inputs["tail"], inputs["maskable"])
         self._log_noise_stats("train" if training else "eval", stats)
-        return (loss, {"token_ce": token_ce}) if return_outputs else loss
+        return (loss, {}) if return_outputs else loss
 
     def _add_noise(self, inputs: dict[str, torch.Tensor], training: bool) -> objective.NoisedBatch:
         """Training draws each document's t and noise from (seed, step, example id); evaluation uses a

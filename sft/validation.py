@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
 import types
 import typing
@@ -91,10 +92,13 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str, file: str) ->
 
 
 def check_type(value: Any, hint: Any, file: str, key: str) -> Any:
-    """Return `value` if it fits `hint`; YAML 1.1 reads `2e-6` as a string, so a numeric string is
-    accepted where a float is expected."""
+    """Return `value` if it fits `hint`. YAML 1.1 reads `2e-6` as a string, so a numeric string is
+    accepted where a float is expected; and it reads `no` as False, so False is the choice `"no"`
+    where `hint` is an enum with that choice (`save_strategy: no`, as TrainingArguments spells it)."""
     if _matches(value, hint):
         return value
+    if value is False and _has_choice(hint, "no"):
+        return "no"
     if isinstance(value, str) and _matches(1.5, hint):
         try:
             return float(value)
@@ -129,6 +133,15 @@ def _matches(value: Any, hint: Any) -> bool:
             return isinstance(value, (str, hint))
         return isinstance(value, hint)
     return True
+
+
+def _has_choice(hint: Any, choice: str) -> bool:
+    """Is `choice` one of the values of an enum (or Literal) that `hint` admits?"""
+    if typing.get_origin(hint) is typing.Literal:
+        return choice in typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_choice(arg, choice) for arg in typing.get_args(hint))
+    return isinstance(hint, type) and issubclass(hint, enum.Enum) and choice in {m.value for m in hint}
 
 
 def _describe(hint: Any) -> str:

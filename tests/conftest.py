@@ -86,3 +86,20 @@ def recipe_dict(model_dir: Path, train: Path, output_dir: Path, **training) -> d
             **training,
         },
     }
+
+
+@pytest.fixture(scope="session")
+def hub_cache_dir(tmp_path_factory, tokenizer) -> Path:
+    """The stand-in hub cache (tests/hub_cache.py), built once per session."""
+    from tests.hub_cache import build_hub_cache
+
+    return build_hub_cache(tmp_path_factory.mktemp("hub_cache"), tokenizer)
+
+
+@pytest.fixture
+def hub_cache(hub_cache_dir, tmp_path, monkeypatch) -> Path:
+    """Offline, with HF_HUB_CACHE at the stand-in hub cache (see tests/hub_cache.py)."""
+    from tests.hub_cache import use_hub_cache
+
+    use_hub_cache(monkeypatch, hub_cache_dir, tmp_path / "datasets_cache")
+    return hub_cache_dir

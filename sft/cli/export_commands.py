@@ -2,6 +2,7 @@
 
 dlm-sft export RUN_OR_CHECKPOINT --output DIR [--format auto|dream|llada|native]
                [--adapter NAME_OR_PATH] [--dtype auto|bf16|fp32] [--max-shard-size 5GB]
+               [--push-to-hub REPO [--private]]
 dlm-sft export DIR --list-adapters
 """
 
@@ -39,6 +40,13 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB"
     )
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="then upload the export to this hub repository (org/name; created when missing)",
+    )
+    export.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -53,7 +61,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise UserError("the output directory is missing", key="--output", expected="--output DIR")
-    from sft.export.exporter import export_checkpoint
+    from sft.export.exporter import export_checkpoint, push_to_hub
 
     result = export_checkpoint(
         args.source,
@@ -62,7 +70,10 @@ def run_export(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         dtype=args.dtype,
         max_shard_size=args.max_shard_size,
+        repo_id=args.push_to_hub,
     )
     merged = f", merged {result.adapter}" if result.adapter else ""
     print(f"exported {result.format} checkpoint ({result.dtype}{merged}) to {result.output}")
+    if args.push_to_hub:
+        print(f"pushed to {args.push_to_hub}: {push_to_hub(result.output, args.push_to_hub, args.private)}")
     return 0

@@ -192,8 +192,20 @@ def _launch(args: argparse.Namespace) -> int:
     )
 
 
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`, taking `key=value` overrides anywhere on the line, before or after flags."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_command_line(argv)
     try:
         return _run(args)
     except UserError as err:

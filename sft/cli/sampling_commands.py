@@ -68,7 +68,9 @@ def sampler_settings(args: argparse.Namespace, max_new_tokens: int) -> SamplerSe
 # ---------------------------------------------------------------------------------- generate
 def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("generate", help="sample replies from a checkpoint (chat template applied)")
-    parser.add_argument("checkpoint", help="a model directory (training output, export) or LoRA adapter")
+    parser.add_argument(
+        "checkpoint", help="a model directory (training output, export), a LoRA adapter, or a hub id"
+    )
     parser.add_argument("--prompt", action="append", default=[], help="a user message; repeat for a batch")
     parser.add_argument("--system", default=None, help="system message")
     parser.add_argument("--interactive", action="store_true", help="chat loop (empty line or /exit ends)")
@@ -118,7 +120,9 @@ def run_generate(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------- eval
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("eval", help="eval loss and task accuracy of a checkpoint")
-    parser.add_argument("checkpoint", help="a model directory (training output, export) or LoRA adapter")
+    parser.add_argument(
+        "checkpoint", help="a model directory (training output, export), a LoRA adapter, or a hub id"
+    )
     parser.add_argument("target", help="a recipe YAML (its data.eval) or a chat data file/directory")
     parser.add_argument("overrides", nargs="*", help="section.key=value (recipe only)")
     parser.add_argument(

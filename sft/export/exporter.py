@@ -2,7 +2,8 @@
 
 The source is a full model directory (a training output, config.json with `dlm_family`), a LoRA
 adapter directory (adapter_config.json names the base) or a directory holding several adapters (pick
-one with `adapter`). The output is written in one of three layouts:
+one with `adapter`); a source or base named by a hub id is read from its cached snapshot (`sft.hub`).
+The output is written in one of three layouts:
 - `native`: transformers' Qwen2 / Llama classes (`is_causal: false`, `dlm_family`, `mask_token_id`);
 - `dream`: Dream's config (`model_type: Dream`, `architectures`, `auto_map`, `mask_token_id`) and Qwen2
   weight names;
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from transformers import AutoConfig
 
+from sft import hub
 from sft.errors import UserError
 from sft.export import model_card
 from sft.export.adapters import LoraMerger, choose_adapter, read_adapter_config
@@ -34,6 +37,7 @@ from sft.families import FAMILIES
 from sft.families.base import FAMILY_KEY, load_tokenizer_dir, read_config
 from sft.families.loader import mask_token_from_vocabulary, native_config, release_family
 from sft.families.weights import iter_shards, tensor_names
+from sft.validation import first_line
 
 Layout = str  # "native" or the name of a family with a release layout
 LAYOUTS = ("native", *(name for name, f in FAMILIES.items() if f.is_release_layout is not None))
@@ -97,7 +101,7 @@ def layout_of(config: dict[str, Any]) -> Layout:
 
 def resolve_source(path: str | Path, adapter: str | None = None) -> Source:
     """Find the model, adapter and base behind `path` (see the module docstring)."""
-    root = Path(path)
+    root = hub.model_dir(path)
     if not root.is_dir():
         raise UserError(
             "not a directory", file=str(path), expected="a training output, model or adapter directory"
@@ -110,14 +114,14 @@ def resolve_source(path: str | Path, adapter: str | None = None) -> Source:
         model_dir = root  # BASE --adapter NAME: merge into the base given
     else:
         base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
+        if not base or not hub.model_dir(base).is_dir():
             raise UserError(
-                f"the adapter's base model {base!r} is not a local directory",
+                f"the adapter's base model {base!r} is neither a local directory nor a hub id",
                 file=str(adapter_dir / "adapter_config.json"),
                 key="base_model_name_or_path",
                 expected="export BASE_DIR --adapter ADAPTER to name the base",
             )
-        model_dir = Path(base)
+        model_dir = hub.model_dir(base)
     return Source(model_dir, adapter_dir, read_config(str(model_dir)), model_dir)
 
 
@@ -127,9 +131,10 @@ def _recorded_base(model_dir: Path, config: dict[str, Any]) -> Path | None:
         return model_dir
     record = model_card.read_run_record(model_dir)
     base = ((record.recipe or {}).get("model") or {}).get("name_or_path")
-    if base and (Path(base) / "config.json").is_file():
-        return Path(base)
-    return None
+    if not base:
+        return None
+    directory = hub.model_dir(base, weights=False)  # a hub id: config, tokenizer and remote code
+    return directory if (directory / "config.json").is_file() else None
 
 
 def default_format(source: Source) -> Layout:
@@ -172,8 +177,10 @@ def export_checkpoint(
     adapter: str | None = None,
     dtype: str = "auto",
     max_shard_size: str | int = "5GB",
+    repo_id: str | None = None,
 ) -> ExportResult:
-    """Export `path` (training output, model, adapter, or a directory of adapters) to `output`."""
+    """Export `path` (training output, model, adapter, or a directory of adapters) to `output`;
+    `repo_id` is the hub repository it will be pushed to (what its model card names)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", key="--format", expected=" or ".join(FORMATS))
     if dtype not in DTYPES:
@@ -204,17 +211,17 @@ def export_checkpoint(
     _write_config(native, target, source, out, result)
     _write_generation_config(native, tokenizer, eos, out)
     run = model_card.read_run_record(*source.run_dirs)
-    base = _base_name(source, run)
-    card = model_card.render(
-        title=out.name,
-        base_model=base,
+    facts = model_card.CardFacts(
+        title=repo_id or out.name,
         family=str(native[FAMILY_KEY]),
+        base_model=_base_name(source, run),
+        run=run,
+        merged_adapter=source.adapter_dir is not None,
         export_format=target,
         dtype=native["dtype"],
-        adapter=str(source.adapter_dir) if source.adapter_dir else None,
-        run=run,
+        location=repo_id or str(output),
     )
-    (out / "README.md").write_text(card, encoding="utf-8")
+    model_card.write(out, facts)
     result.files = sorted(p.name for p in out.iterdir())
     for note in result.notes:
         warnings.warn(note, stacklevel=2)
@@ -359,7 +366,25 @@ def _write_generation_config(native: dict[str, Any], tokenizer: Any, eos: int | 
 
 
 def _base_name(source: Source, run: model_card.RunRecord) -> str:
+    """The base model as recorded (a hub id stays a hub id; the card never shows a local path)."""
     if source.adapter_dir is not None:
         return str(read_adapter_config(source.adapter_dir).get("base_model_name_or_path") or source.model_dir)
     recorded = ((run.recipe or {}).get("model") or {}).get("name_or_path")
     return str(recorded or source.base_dir or source.config.get("_name_or_path") or source.model_dir)
+
+
+def push_to_hub(output: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an export directory to the hub repository `repo_id` (created when missing); the commit URL."""
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(output), repo_id=repo_id, commit_message="Upload checkpoint exported by dlm-sft"
+        )
+    except Exception as err:  # noqa: BLE001 - HTTP, network, auth or offline: one line for the user
+        raise UserError(
+            f"cannot push to {repo_id!r}: {first_line(err)}",
+            key="--push-to-hub",
+            expected="a hub repo id you may write to (HF_TOKEN or `hf auth login`), with network",
+        ) from None
+    return str(commit.commit_url)

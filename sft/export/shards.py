@@ -19,7 +19,11 @@ from sft.families.weights import INDEX_FILE, SINGLE_FILE
 
 def parse_size(size: str | int, *, key: str = "--max-shard-size", plain_unit: int = 1) -> int:
     """Bytes in `5GB`, `500MB`, `2GiB`, `40G` (K/M/G/T: powers of 1000, with `i`: of 1024), or a
-    plain number of `plain_unit`s."""
+    plain number of `plain_unit`s.
+
+    Ours because huggingface_hub (2.4) has no public size parser: its private ones
+    (`utils._parsing.parse_size`, `serialization._base.parse_size_to_int`) reject `24GiB`, and the
+    first also `2.5GB`; transformers' `convert_file_size_to_int` rejects `40G` and `2.5GB`."""
     if isinstance(size, int):
         return size * plain_unit
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?)B?\s*", size, flags=re.IGNORECASE)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Tokenizer
 
+from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families.weights import shard_files
@@ -72,26 +73,15 @@ class LoadedModel:
 
 # ----------------------------------------------------------------------------------- config.json
 def read_config(name_or_path: str) -> dict[str, Any]:
-    """config.json of a local directory or hub id, as a dict."""
-    local = Path(name_or_path) / "config.json"
-    if local.is_file():
-        return _json_object(local)
-    if Path(name_or_path).exists():
+    """config.json of a local directory or hub id (its cached snapshot, fetched when missing), as a dict."""
+    directory = hub.model_dir(name_or_path, weights=False)
+    if not (directory / "config.json").is_file():
         raise UserError(
-            "no config.json in model directory",
-            file=name_or_path,
-            expected="a Hugging Face model directory",
+            "no config.json in model directory" if directory.exists() else "model directory not found",
+            file=str(name_or_path),
+            expected="a Hugging Face model directory or hub id",
         )
-    from transformers.utils import cached_file
-
-    try:
-        return _json_object(Path(cached_file(name_or_path, "config.json")))
-    except OSError as err:
-        raise UserError(
-            f"cannot fetch the model config: {str(err).splitlines()[0]}",
-            file=name_or_path,
-            expected="a reachable hub id or a local directory",
-        ) from None
+    return _json_object(directory / "config.json")
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -106,25 +96,27 @@ def _json_object(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- tokenizers
 def load_tokenizer_dir(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A tokenizer directory (or hub id) without running code shipped with it.
+    """A tokenizer directory or hub id (its cached snapshot) without running code shipped with it.
 
     Dream's tokenizer_config.json names a `DreamTokenizer` (remote code) that is Qwen2's byte-level
     BPE, so it is read with transformers' own `Qwen2Tokenizer`; everything else goes through
     `AutoTokenizer` with `trust_remote_code` off unless the caller opts in (a model directory whose
     config.json has an `auto_map` would otherwise make transformers ask interactively)."""
-    tokenizer_config = Path(name_or_path) / "tokenizer_config.json"
+    directory = hub.model_dir(name_or_path, weights=False)
+    tokenizer_config = directory / "tokenizer_config.json"
     if tokenizer_config.is_file():
         declared = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
         if declared == "DreamTokenizer":
-            from transformers import Qwen2Tokenizer
-
-            return Qwen2Tokenizer.from_pretrained(str(name_or_path))
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            return Qwen2Tokenizer.from_pretrained(str(directory))
+    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(settings: ModelSettings, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer (`model.tokenizer`, else the model's); `model.trust_remote_code` lets a
+    tokenizer run the code it ships (never needed for Dream's)."""
     return load_tokenizer_dir(
-        settings.tokenizer or settings.name_or_path, trust_remote_code=trust_remote_code
+        settings.tokenizer or settings.name_or_path,
+        trust_remote_code=trust_remote_code or settings.trust_remote_code,
     )
 
 

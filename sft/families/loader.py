@@ -1,18 +1,23 @@
 """Pick the family of a checkpoint and load it: tokenizer, model, mask token; and translate any
 family's config.json into transformers' own (for export and planning).
 
-`load_model(settings)` detects the family from config.json (or takes `model.family`), loads the
-tokenizer (pad token set), builds the model through the family and records `dlm_family` and
-`mask_token_id` in its config, so a saved run reloads with the same behaviour.
+`load_model(settings)` resolves hub ids to their cached snapshots (`sft.hub`), detects the family from
+config.json (or takes `model.family`), loads the tokenizer (pad token set), builds the model through the
+family and records `dlm_family` and `mask_token_id` in its config, so a saved run reloads with the
+same behaviour. The model keeps the name it was asked for (a hub id stays a hub id, which is what
+adapters and model cards record as the base), never the cache path.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families import FAMILIES
@@ -48,10 +53,27 @@ def resolve_family(settings: ModelSettings) -> tuple[Family, dict[str, Any]]:
     return FAMILIES[settings.family], config
 
 
-def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTokenizerBase, int]:
-    """The family, its tokenizer (pad token set) and the EOS-tail token id, without the weights."""
+def local_settings(settings: ModelSettings, *, weights: bool = True) -> ModelSettings:
+    """`settings` with hub ids replaced by their local snapshot directories (fetched when missing;
+    `weights=False`: config, tokenizer and remote code only)."""
+    need_weights = weights and not settings.from_scratch
+    return dataclasses.replace(
+        settings,
+        name_or_path=str(hub.model_dir(settings.name_or_path, weights=need_weights)),
+        tokenizer=str(hub.model_dir(settings.tokenizer, weights=False)) if settings.tokenizer else None,
+    )
+
+
+def load_family_tokenizer(
+    settings: ModelSettings, chat_template_path: str | None = None
+) -> tuple[Family, PreTrainedTokenizerBase, int]:
+    """The family, its tokenizer (pad token set; chat template replaced by the file at
+    `chat_template_path` when given) and the EOS-tail token id, without the weights."""
+    settings = local_settings(settings, weights=False)
     family, _ = resolve_family(settings)
     tokenizer = family.load_tokenizer(settings)
+    if chat_template_path:
+        tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise UserError(
@@ -63,15 +85,31 @@ def load_family_tokenizer(settings: ModelSettings) -> tuple[Family, PreTrainedTo
     return family, tokenizer, int(tokenizer.pad_token_id)
 
 
-def load_model(settings: ModelSettings, seed: int = 0) -> LoadedModel:
+def read_chat_template(path: str) -> str:
+    """The text of a `.jinja`/`.j2` chat template file (`training.chat_template_path`, as in TRL)."""
+    file = Path(path).expanduser()
+    if not (file.is_file() and file.suffix in (".jinja", ".j2")):
+        raise UserError(
+            "not a .jinja/.j2 chat template file",
+            file=path,
+            key="training.chat_template_path",
+            expected="a Jinja template file (for another tokenizer and its template, set model.tokenizer)",
+        )
+    return file.read_text(encoding="utf-8")
+
+
+def load_model(settings: ModelSettings, seed: int = 0, chat_template_path: str | None = None) -> LoadedModel:
     """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
-    family, config = resolve_family(settings)
-    _, tokenizer, eos_id = load_family_tokenizer(settings)
+    local = local_settings(settings)
+    family, config = resolve_family(local)
+    _, tokenizer, eos_id = load_family_tokenizer(local, chat_template_path)
     torch.manual_seed(seed)
-    model = family.load_model(settings, config, tokenizer)
-    mask_id = _mask_token_id(model, tokenizer, settings)
+    model = family.load_model(local, config, tokenizer)
+    mask_id = _mask_token_id(model, tokenizer, local)
     model.config.mask_token_id = mask_id
     setattr(model.config, FAMILY_KEY, family.name)
+    model.config._name_or_path = settings.name_or_path  # the hub id, not its cache path
+    model.name_or_path = settings.name_or_path
     return LoadedModel(model, tokenizer, family, mask_id, eos_id)
 
 

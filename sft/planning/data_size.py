@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from sft import hub
 from sft.config import RunConfig
 from sft.data import load_chat_rows
+from sft.errors import UserError
 from sft.recipe import shipped_recipes
 from sft.run import prepare_data
 
@@ -46,8 +48,8 @@ DOCUMENTED_DATA = {
 }
 
 
-def paths_of(value: str | list[str] | None) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
+def paths_of(value: str | dict | list | None) -> list:
+    return [value] if isinstance(value, (str, dict)) else list(value or [])
 
 
 def data_size(
@@ -56,7 +58,7 @@ def data_size(
     """Count the training data: tokenized when it and the tokenizer are on disk, else documented;
     None when neither is possible (the memory estimate does not need it)."""
     train = paths_of(config.data.train)
-    on_disk = bool(train) and all(Path(p).exists() for p in train)
+    on_disk = bool(train) and all(isinstance(p, str) and Path(p).exists() for p in train)
     if examples is not None:
         mean = mean_tokens if mean_tokens is not None else config.data.max_length / 2
         assumed = [] if mean_tokens is not None else [f"mean tokens per example {mean:.0f} (max_length / 2)"]
@@ -76,7 +78,11 @@ def data_size(
 
 
 def _tokenizer_on_disk(config: RunConfig) -> bool:
-    return Path(config.model.tokenizer or config.model.name_or_path).is_dir()
+    """A local tokenizer directory, or a hub id whose tokenizer is cached (or fetchable)."""
+    try:
+        return hub.model_dir(config.model.tokenizer or config.model.name_or_path, weights=False).is_dir()
+    except UserError:
+        return False
 
 
 def _tokenized_size(config: RunConfig) -> DataSize:

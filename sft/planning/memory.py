@@ -15,9 +15,11 @@
                  a·H·T per layer, plus one layer's full activations while it is recomputed. Either
                  way the backward pass adds one layer's activation gradients.
     loss head    the backbone's last hidden state (a·H·T, twice: norm in and out), the hidden states
-                 gathered at the masked positions (N ≤ T, all supervised tokens in the worst case,
-                 a·H·N), and one chunk of min(N, 512) logits (`objective.HEAD_CHUNK_TOKENS`): in
-                 the compute dtype, as fp32, and their fp32 gradient.
+                 gathered at the masked positions and their gradient, which the fused head computes
+                 in the forward (N ≤ T, all supervised tokens in the worst case, 2·a·H·N), and one
+                 chunk of min(N, 512) logits (`linear_cross_entropy.HEAD_CHUNK_TOKENS`): fp32 (the
+                 softmax and its gradient in place), plus a copy in the compute dtype each way
+                 under bf16/fp16. The head's weight gradient counts under `gradients`.
 
 The row length L is data.max_length when the EOS tail fills rows (`eos_tail: all` / `one`), else
 max_length as the worst case of a padded batch. The total leaves out the CUDA context and allocator
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 from sft.config import RunConfig
 from sft.errors import UserError
-from sft.objective import HEAD_CHUNK_TOKENS
+from sft.linear_cross_entropy import HEAD_CHUNK_TOKENS
 from sft.planning.shapes import ModelShape
 
 ENGINES = ("ddp", "fsdp", "zero2", "zero3")
@@ -105,7 +107,7 @@ def estimate_memory(
     full = shape.num_layers * one_layer + act * shape.hidden_size * tokens  # + embedding output
     checkpointed = shape.num_layers * act * shape.hidden_size * tokens + one_layer
     chunk = min(tokens, HEAD_CHUNK_TOKENS)
-    head = act * shape.hidden_size * (3 * tokens) + chunk * shape.vocab_size * (act + 4 + 4)
+    head = act * shape.hidden_size * (4 * tokens) + chunk * shape.vocab_size * (4 + (2 * act if half else 0))
     # the backward pass holds one layer's activation gradients beside what is saved
     full, checkpointed = full + one_layer, checkpointed + one_layer
     use = checkpointed if args.activation_checkpointing else full

@@ -75,8 +75,8 @@ class Plan:
             self._data_lines()
             if data
             else [
-                f"data: {', '.join(paths_of(config.data.train))} is not on disk and no data recipe documents "
-                "it: pass --examples N [--mean-tokens M] for examples, tokens and steps"
+                f"data: {', '.join(map(str, paths_of(config.data.train)))} is not on disk and no data "
+                "recipe documents it: pass --examples N [--mean-tokens M] for examples, tokens and steps"
             ]
         )
         lines += [

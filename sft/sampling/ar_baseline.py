@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from trl import SFTConfig, SFTTrainer
 
 from sft.config import RunConfig
-from sft.data import load_chat_rows, to_messages
+from sft.data import load_chat_rows, usable_rows
 from sft.errors import UserError
 from sft.families.base import read_config
 from sft.families.loader import load_family_tokenizer, native_config
@@ -84,7 +84,7 @@ def causal_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
 
 def train_ar_baseline(config: RunConfig, max_steps: int | None = None) -> ARBaseline:
     """Train the baseline with plain TRL SFT on the recipe's training data and budget."""
-    _, tokenizer, _ = load_family_tokenizer(config.model)
+    _, tokenizer, _ = load_family_tokenizer(config.model, config.training.chat_template_path)
     model = causal_model(config, tokenizer)
     budget = {name: getattr(config.training, name) for name in BUDGET_FIELDS}
     if max_steps is not None:
@@ -103,7 +103,7 @@ def train_ar_baseline(config: RunConfig, max_steps: int | None = None) -> ARBase
         **{k: v for k, v in budget.items() if k in known},
     )
     rows = load_chat_rows(config.data.train)
-    dataset = datasets.Dataset.from_list([{"messages": to_messages(r)} for r in rows])
+    dataset = datasets.Dataset.from_list([{"messages": messages} for _, messages in usable_rows(rows)])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import DataSettings, DiffusionSFTConfig, RunConfig
-from sft.data import load_chat_rows, to_messages, tokenize_dataset
+from sft.data import load_chat_rows, tokenize_dataset, usable_rows
 from sft.errors import UserError
 from sft.families.base import LoadedModel
 from sft.recipe import load_recipe
@@ -120,9 +120,10 @@ def resolve_target(
 
 
 def read_rows(paths: str | list[str]) -> list[dict]:
-    """The rows of chat data files as conversations (`messages`) with their `source`, for scoring."""
+    """The rows of chat data files as conversations (`messages`) with their `source`, for scoring;
+    rows that fail the row check are left out, as training leaves them out."""
     rows = load_chat_rows(paths, extra_columns=("source",))
-    return [{"messages": to_messages(row), "source": row.get("source")} for row in rows]
+    return [{"messages": messages, "source": row.get("source")} for row, messages in usable_rows(rows)]
 
 
 def eval_loss(

@@ -1,6 +1,7 @@
 """Load a checkpoint for sampling or evaluation: a model directory or a LoRA adapter directory.
 
-A model directory is anything `sft.families.load_model` reads: a training output (`runs/quickstart`,
+A checkpoint is a local directory or a hub id (read from its cached snapshot, `sft.hub`). A model
+directory is anything `sft.families.load_model` reads: a training output (`runs/quickstart`,
 whose config.json records `dlm_family` and `mask_token_id`), an exported checkpoint, or a Dream /
 LLaDA / Qwen2 / Llama directory. An adapter directory (adapter_config.json) names its base model in
 `base_model_name_or_path`; the base is loaded through `load_model` and the adapter applied with peft.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families.base import LoadedModel
@@ -27,7 +29,7 @@ def default_device() -> str:
 
 def load_for_sampling(path: str | Path, device: str | None = None, dtype: str = "auto") -> LoadedModel:
     """The checkpoint at `path` as a `LoadedModel` in eval mode on `device` (default: cuda if any)."""
-    directory = Path(path)
+    directory = hub.model_dir(path)
     if not directory.is_dir():
         raise UserError("checkpoint directory not found", file=str(path), expected=EXPECTED)
     adapter_config = directory / "adapter_config.json"

@@ -9,13 +9,14 @@ import pytest
 from tokenizers import normalizers, processors
 from transformers import AutoTokenizer
 
+from sft.chat_rows import RowProblem
 from sft.config import DataSettings
 from sft.data import load_chat_rows, to_messages, tokenize_dataset
 from sft.encoding import PromptEncoder
 from tests.conftest import QUICKSTART_MODEL, REPO, write_chat_rows
 
 REFUSE_TOOL = (
-    "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}"
+    "{% for m in messages %}{% if 'FORBIDDEN' in m['content'] %}{{ raise_exception('refused') }}{% endif %}"
     "{% endfor %}"
 )
 LONG = " ".join(f"word{i} 3.14 x=y+1" for i in range(60))
@@ -47,6 +48,7 @@ def varied_rows() -> list[dict]:
         chat(("user", "q1"), ("assistant", LONG), ("user", "q2"), ("assistant", "a2 " + LONG[:200])),
         chat(("user", "only a question")),
         chat(("user", "uses a tool"), ("tool", "result"), ("assistant", "done")),
+        chat(("user", "a FORBIDDEN word the template refuses"), ("assistant", "done")),
         {"prompt": "Sort 21", "completion": "12"},
         {"prompt": "A prompt/completion row", "completion": "\n with a newline first"},
         {"messages": None},
@@ -64,9 +66,9 @@ def reference(
 
     try:
         messages = to_messages(row)
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    except (KeyError, TypeError):
-        return [status("malformed")]
+    except RowProblem as problem:  # the row check before tokenization
+        return [status(problem.reason)]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
         return [status("no_assistant_turn")]
     out = []
@@ -160,7 +162,7 @@ def assert_same_as_reference(tokenizer, tmp_path: Path, multi_turn: str, truncat
 def test_batched_tokenization_equals_per_row_offsets(tmp_path, variant, multi_turn, truncation, max_length):
     tokenizer = quickstart_tokenizer(variant)
     data = assert_same_as_reference(tokenizer, tmp_path, multi_turn, truncation, max_length)
-    assert data.counts["template_error"] >= 1 and data.counts["no_assistant_turn"] == 1
+    assert data.counts["template_error"] >= 1 and len(data.dropped) >= 3
     if max_length == 40:
         assert data.counts.get("truncated", 0) + data.counts.get("too_long", 0) >= 3
 

@@ -69,7 +69,7 @@ def test_rows_without_an_assistant_turn_are_counted_not_crashed(tokenizer, tmp_p
         load_chat_rows(str(path)), tokenizer, DataSettings(train=str(path)), tokenizer.eos_token_id
     )
     assert len(data.dataset) == 2
-    assert data.dropped == {"no_assistant_turn": 1}
+    assert data.dropped == {"not_ending_with_assistant": 1}
     assert data.dataset["example_id"] == [0, 1]
 
 
@@ -79,7 +79,7 @@ def test_parquet_directories_and_files_load_alike(tokenizer, tmp_path):
     pq.write_table(table, tmp_path / "train" / "part-0.parquet")
     pq.write_table(table, tmp_path / "train" / "part-1.parquet")
     assert len(load_chat_rows(str(tmp_path / "train"))) == 6
-    assert load_chat_rows(str(tmp_path / "train" / "part-0.parquet")).column_names == ["messages"]
+    assert load_chat_rows(str(tmp_path / "train" / "part-0.parquet")).column_names == ["messages", "problem"]
 
 
 def test_unreadable_inputs_are_one_clear_error(tmp_path):
@@ -122,7 +122,7 @@ def test_several_tokenizing_processes_give_what_one_gives(tokenizer, tmp_path):
     one = tokenize_dataset(rows, tokenizer, DataSettings(num_proc=1, cache_dir=str(tmp_path / "one")), eos)
     two = tokenize_dataset(rows, tokenizer, DataSettings(num_proc=2, cache_dir=str(tmp_path / "two")), eos)
     assert two.dataset.to_dict() == one.dataset.to_dict() and two.counts == one.counts
-    assert len(two.dataset) == 20 and two.dropped == {"malformed": 20}  # no completion column
+    assert len(two.dataset) == 20 and sum(two.dropped.values()) == 20  # no completion
 
 
 def test_num_proc_defaults_to_the_cores_with_enough_rows_each():
@@ -136,4 +136,4 @@ def test_a_split_with_every_row_dropped_is_an_empty_dataset(tokenizer, tmp_path)
     path = write_chat_rows(tmp_path / "rows.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 2)
     settings = DataSettings(cache_dir=str(tmp_path / "cache"))
     data = tokenize_dataset(load_chat_rows(str(path)), tokenizer, settings, tokenizer.eos_token_id)
-    assert len(data.dataset) == 0 and data.dropped == {"no_assistant_turn": 2}
+    assert len(data.dataset) == 0 and data.dropped == {"not_ending_with_assistant": 2}

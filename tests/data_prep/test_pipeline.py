@@ -383,7 +383,7 @@ def test_recipe_errors_are_one_line_user_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no retry delays
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match="could not be loaded from the hub"):
+    with pytest.raises(UserError, match="no-such-dataset-xyz. is neither a local path nor in the hub cache"):
         prepare(str(good), ["sources.0.path=nobody-here/no-such-dataset-xyz"], progress=False)
 
 
@@ -413,3 +413,18 @@ def test_chat_template_that_raises_drops_the_row_not_the_run(tmp_path):
     )
     assert stats["malformed_detail"] == {"chat_template_error": 1}
     assert [r["id"] for r in read_kept(tmp_path / "out")] == ["plain"]
+
+
+def test_a_lone_surrogate_drops_its_row_not_the_run(tmp_path):
+    rows = [
+        {"id": "ok", "messages": chat("hello", "world")},
+        {"id": "bad", "messages": chat("hello \ud800", "world")},  # valid JSON, not valid Unicode
+        {"id": "bad-id-\udfff", "messages": chat("hi", "there")},
+    ]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    stats = run(tmp_path, [{"name": "a", "path": str(tmp_path / "a.jsonl")}])
+    assert stats["input_rows"] == 3 and stats["kept_rows"] == 1
+    assert stats["malformed_detail"] == {"invalid_unicode": 2}
+    assert [r["id"] for r in read_kept(tmp_path / "out")] == ["ok"]
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [r["id"] for r in rejects] == [None, None] and "\\ud800" in rejects[0]["raw"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -19,7 +20,7 @@ from sft.families.loader import load_model
 from sft.families.weights import INDEX_FILE, tensor_names
 from sft.recipe import build_run_config
 from sft.run import train
-from tests.conftest import recipe_dict, sort_rows, write_chat_rows
+from tests.conftest import REPO, recipe_dict, sort_rows, write_chat_rows
 from tests.format_fixtures import write_dream_dir, write_llada_dir
 
 IDS = torch.tensor([[1, 9, 12, 15, 3, 3, 3, 2]])
@@ -188,7 +189,13 @@ def test_model_card_records_the_run_and_never_a_token(bases, chat, tmp_path):
     out = tmp_path / "instruct"
     assert main(["export", str(run), "--output", str(out), "--max-shard-size", "30KB"]) == 0
     card = (out / "README.md").read_text()
-    assert f"base_model: {bases['dream']}" in card and str(chat) in card and "recipes/sort.yaml" in card
+    assert ModelCard.load(out / "README.md").data.base_model is None  # a local base is not a hub id
+    assert str(bases["dream"]) not in card and str(chat) not in card  # nor is its path ever written
+    assert (
+        f"local `{bases['dream'].name}`" in card
+        and f"local `{chat.name}`" in card
+        and "recipes/sort.yaml" in card
+    )
     assert "| optimizer steps | 2 |" in card and "3.2500" in card and "3.5000" in card
     assert "hf_abcdefghijklmnop" not in card and "hf_secretvalue123" not in card
     assert (
@@ -199,3 +206,17 @@ def test_model_card_records_the_run_and_never_a_token(bases, chat, tmp_path):
 def test_exporting_into_a_layout_of_another_architecture_is_a_user_error(bases, tmp_path, capsys):
     assert main(["export", str(bases["llada"]), "--output", str(tmp_path / "x"), "--format", "dream"]) == 2
     assert "cannot be written in dream's layout" in capsys.readouterr().err
+
+
+def test_the_readme_snippet_loads_a_native_export_with_plain_transformers(bases, chat, tmp_path):
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("<!-- snippet: load-native-export -->\n```python\n", 1)[1].split("```", 1)[0]
+    run = run_training(bases["dream"], chat, tmp_path / "run", lora=False)
+    out = tmp_path / "native"
+    export_checkpoint(run, out, fmt="native")
+    model = load_model(ModelSettings(name_or_path=str(out))).model
+    namespace: dict = {}
+    exec(snippet.replace('"exports/dream-native"', repr(str(out))), namespace)  # noqa: S102
+    assert namespace["logits"].shape[1] == namespace["ids"].shape[1]
+    with torch.no_grad():  # transformers alone gives what dlm-sft's loader gives: bidirectional attention
+        assert torch.allclose(namespace["logits"], model.eval()(namespace["ids"]).logits, atol=1e-5)

@@ -43,3 +43,11 @@ def test_sizes_read_as_documented():
     assert parse_size(1234) == 1234
     with pytest.raises(UserError, match="not a memory size"):
         parse_size("huge")
+
+
+def test_sizes_take_every_spelling_of_the_huggingface_parsers_and_binary_units():
+    """What `save_pretrained(max_shard_size=...)` and huggingface_hub take, plus `GiB` (which their
+    parsers refuse, hence ours)."""
+    spellings = {"5GB": 5e9, "5gb": 5e9, "5 GB": 5e9, "2.5GB": 2.5e9, "40G": 40e9, "1TB": 1e12, "10MB": 1e7}
+    spellings |= {"24GiB": 24 * 1024**3, "512MiB": 512 * 1024**2, "1KiB": 1024}
+    assert {text: parse_size(text) for text in spellings} == spellings

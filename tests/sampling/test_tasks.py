@@ -93,3 +93,24 @@ def test_split_files_are_deterministic_and_hold_no_eval_prompt_in_train(tmp_path
     assert not prompts & {r["messages"][0]["content"] for r in held_out}
     assert (tmp_path / "a" / "train.parquet").read_bytes() == (tmp_path / "b" / "train.parquet").read_bytes()
     assert set(NAMES) == {"sort_digits", "countdown", "sudoku_4x4", "sudoku_9x9"}
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("sudoku_4x4", lambda prompt, answer: answer),  # the solution grid
+        ("countdown", lambda prompt, answer: countdown.parse_prompt(prompt)[0]),  # the target
+    ],
+)
+def test_no_eval_solution_or_target_ever_appears_in_training(name, key, tmp_path):
+    tasks_main([name, str(tmp_path), "--level", "medium", "--train-rows", "400", "--eval-rows", "60"])
+    keys = {
+        split: {
+            key(*(m["content"] for m in r["messages"]))
+            for r in pq.read_table(tmp_path / f"{split}.parquet").to_pylist()
+        }
+        for split in ("train", "eval")
+    }
+    assert keys["eval"] and keys["train"] and not keys["eval"] & keys["train"]
+    if name == "sudoku_4x4":  # the generator reaches 96 grids: about a fifth are eval-only
+        assert 10 <= len(keys["eval"]) <= 35 and len(keys["train"]) > 60
