@@ -343,7 +343,7 @@ def cache_key(
     )
     parts = {
         "version": CACHE_VERSION,
-        "rows": rows._fingerprint,
+        "rows": rows_identity(rows),
         "tokenizer": hashlib.sha256(vocab.encode()).hexdigest(),
         "chat_template": tokenizer.chat_template,
         "eos": eos_token_id,
@@ -352,6 +352,16 @@ def cache_key(
         "truncation": settings.truncation,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def rows_identity(rows: datasets.Dataset) -> Any:
+    """The rows as every process and node names them: the Arrow files they are read from and their
+    sizes, else (rows in memory, or a selection of them) datasets' fingerprint, which for a dataset
+    opened from a file can be random and so differ between the ranks of one launch."""
+    files = [entry["filename"] for entry in rows.cache_files]
+    if not files or rows._indices is not None:
+        return rows._fingerprint
+    return [(file, os.path.getsize(file)) for file in files]
 
 
 def tokenize_processes(settings: DataSettings, rows: int) -> int:
