@@ -33,7 +33,9 @@ MASTER_PORT=${MASTER_PORT:-29500}
 NUM_PROCESSES=$((NNODES * GPUS_PER_NODE))
 
 # Every node reads the same recipe and writes checkpoints to training.output_dir: it must be on a
-# shared file system. The data is tokenized once into data.cache_dir (shared as well) by rank 0.
+# shared file system. The data is tokenized once into data.cache_dir (shared as well), here, on this
+# first node with all its cores, before any rank starts; the ranks then read that cache.
+python -m sft.cli train "$@" --tokenize-only
 # Single quotes: $SLURM_NODEID is expanded by each task on its own node, not here.
 srun --ntasks-per-node=1 bash -c '
     exec accelerate launch \

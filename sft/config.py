@@ -246,9 +246,10 @@ class DataSettings:
     truncation: for an example longer than max_length: `drop` it, or `truncate_response` (cut
         the response to fit; it then gets no EOS). A prompt is never cut: an example whose prompt
         alone does not fit is dropped. Both are counted and reported.
-    num_proc: processes for tokenization (None = one).
+    num_proc: processes for tokenization (None = the available cores, at most one per 5,000 rows).
     cache_dir: where tokenized data is cached, keyed by the data, tokenizer, chat template,
         max_length and the multi-turn and truncation policies (reused across epochs and runs).
+        Under a launcher only the global rank 0 writes it; for several nodes it must be shared.
     batching: `pad` (one example per row, rows padded to the batch's longest; set
         `training.train_sampling_strategy: group_by_length` for length-grouped batches) or `pack`
         (several examples per row, best-fit-decreasing up to max_length, each with its own

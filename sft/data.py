@@ -23,15 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from sft import hub
 from sft.chat_files import CONVERSATION_KEYS, file_batches
 from sft.chat_rows import RowProblem, conversation, is_valid_text
 from sft.config import DataSettings
+from sft.encoding import PromptEncoder
 from sft.errors import UserError
 from sft.hub import DatasetRef
+from sft.token_cache import build_once, wait_for
 
 KEPT = ("ok", "truncated")
 """Statuses of examples that are trained on; every other status is a reason for dropping."""
@@ -43,6 +47,7 @@ class TokenizedData:
 
     dataset: datasets.Dataset
     counts: Counter
+    cache: Path | None = None
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -223,34 +228,67 @@ def tokenize_conversation(
     truncation: str,
 ) -> list[dict[str, Any]]:
     """One conversation → examples (one per trained assistant turn), each with a `status`."""
-    try:
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    except (KeyError, TypeError):
-        return [_status("malformed")]
-    if not turns:
-        return [_status("no_assistant_turn")]
-    out = []
-    for k in turns if multi_turn == "all" else turns[-1:]:
-        try:
-            prompt = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
-            full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
-        except Exception:  # noqa: BLE001 - a template error on one row drops that row
-            out.append(_status("template_error"))
+    policy = dict(max_length=max_length, multi_turn=multi_turn, truncation=truncation)
+    encoder = PromptEncoder(tokenizer)
+    return tokenize_conversations([messages], tokenizer, encoder, eos_token_id=eos_token_id, **policy)[0]
+
+
+def tokenize_conversations(
+    conversations: list[list[dict[str, str]] | str],
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: PromptEncoder,
+    *,
+    eos_token_id: int,
+    max_length: int,
+    multi_turn: str,
+    truncation: str,
+) -> list[list[dict[str, Any]]]:
+    """Conversations (or, for a row already found unusable, the reason) → each one's examples, in
+    one batched encode.
+
+    Each example's prompt and conversation are rendered once; all conversations are then encoded
+    together and each prompt length is the number of tokens starting inside the rendered prompt."""
+    examples: list[list[dict[str, Any]]] = [[] for _ in conversations]
+    slots: list[dict[str, Any]] = []  # the examples still to encode, in order
+    prompts: list[str] = []
+    texts: list[str] = []
+    for index, messages in enumerate(conversations):
+        if isinstance(messages, str):
+            examples[index].append(_status(messages))
             continue
-        if not full.startswith(prompt):
-            raise UserError(
-                "the chat template does not render the prompt as a prefix of the conversation",
-                file=str(tokenizer.name_or_path),
-                key="chat_template",
-                expected="a prefix-stable template such as ChatML",
-            )
-        encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoded["input_ids"])
-        prompt_length = sum(1 for start, _ in encoded["offset_mapping"] if start < len(prompt))
+        try:
+            turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        except (KeyError, TypeError):
+            examples[index].append(_status("malformed"))
+            continue
+        if not turns:
+            examples[index].append(_status("no_assistant_turn"))
+            continue
+        for k in turns if multi_turn == "all" else turns[-1:]:
+            try:
+                history, conversation = messages[:k], messages[: k + 1]
+                prompt = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+                text = tokenizer.apply_chat_template(conversation, tokenize=False)
+            except Exception:  # noqa: BLE001 - a template error on one row drops that row
+                examples[index].append(_status("template_error"))
+                continue
+            if not text.startswith(prompt):
+                raise UserError(
+                    "the chat template does not render the prompt as a prefix of the conversation",
+                    file=str(tokenizer.name_or_path),
+                    key="chat_template",
+                    expected="a prefix-stable template such as ChatML",
+                )
+            slot: dict[str, Any] = {}
+            examples[index].append(slot)
+            slots.append(slot)
+            prompts.append(prompt)
+            texts.append(text)
+    for slot, ids, prompt_length in zip(slots, *encoder.encode(texts, prompts), strict=True):
         if not ids or ids[-1] != eos_token_id:
             ids.append(eos_token_id)
-        out.append(_fit(ids, prompt_length, max_length, truncation))
-    return out
+        slot.update(_fit(ids, prompt_length, max_length, truncation))
+    return examples
 
 
 def _fit(ids: list[int], prompt_length: int, max_length: int, truncation: str) -> dict[str, Any]:
@@ -274,8 +312,23 @@ def _status(reason: str) -> dict[str, Any]:
     return {"input_ids": [], "prompt_length": 0, "truncated": False, "status": reason}
 
 
-CACHE_VERSION = 2
-"""Bumped when tokenization changes, so old caches are not reused."""
+CACHE_VERSION = 3
+"""Bumped when tokenization or the cache layout changes, so old caches are not reused."""
+
+COLUMNS = datasets.Features(
+    {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "prompt_length": datasets.Value("int32"),
+        "truncated": datasets.Value("bool"),
+        "status": datasets.Value("string"),
+    }
+)
+ROWS_PER_PROCESS = 5_000
+"""The fewest rows worth a tokenizing process of their own (starting one costs about a second)."""
+ROWS_PER_SECOND = 100
+"""A floor on one process's tokenizing speed, under a quarter of the ~450 rows per CPU-second measured
+(benchmarks/RESULTS.md): ranks waiting for rank 0 to tokenize give up after the time this would take."""
+MIN_WAIT_SECONDS = 600
 
 
 def cache_key(
@@ -290,7 +343,7 @@ def cache_key(
     )
     parts = {
         "version": CACHE_VERSION,
-        "rows": rows._fingerprint,
+        "rows": rows_identity(rows),
         "tokenizer": hashlib.sha256(vocab.encode()).hexdigest(),
         "chat_template": tokenizer.chat_template,
         "eos": eos_token_id,
@@ -301,61 +354,124 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def rows_identity(rows: datasets.Dataset) -> Any:
+    """The rows as every process and node names them: the Arrow files they are read from and their
+    sizes, else (rows in memory, or a selection of them) datasets' fingerprint, which for a dataset
+    opened from a file can be random and so differ between the ranks of one launch."""
+    files = [entry["filename"] for entry in rows.cache_files]
+    if not files or rows._indices is not None:
+        return rows._fingerprint
+    return [(file, os.path.getsize(file)) for file in files]
+
+
+def tokenize_processes(settings: DataSettings, rows: int) -> int:
+    """`settings.num_proc`, or else the available cores, each with at least ROWS_PER_PROCESS rows."""
+    if settings.num_proc:
+        return settings.num_proc
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, rows // ROWS_PER_PROCESS))
+
+
+def wait_seconds(rows: int, processes: int) -> float:
+    """How long a rank waits for another to tokenize `rows` with `processes` processes."""
+    return max(MIN_WAIT_SECONDS, rows / (ROWS_PER_SECOND * processes))
+
+
 def tokenize_dataset(
     rows: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
     settings: DataSettings,
     eos_token_id: int,
+    *,
+    build: bool = True,
 ) -> TokenizedData:
     """Tokenize every row once, count statuses and keep the trainable examples.
 
-    The result is cached on disk under `settings.cache_dir/<cache_key>` (written atomically) and
-    reused across epochs, runs and processes; a changed input, tokenizer, template, length or
-    policy gives a new key."""
-    cache = Path(settings.cache_dir).expanduser() / cache_key(rows, tokenizer, settings, eos_token_id)
-    if (cache / "counts.json").is_file():
-        counts = Counter(json.loads((cache / "counts.json").read_text()))
-        return TokenizedData(datasets.load_from_disk(str(cache / "examples")), counts)
+    The result is cached under `settings.cache_dir/<cache_key>` and reused across epochs, runs and
+    processes; a changed input, tokenizer, template, length or policy gives a new key. The cache is
+    written by one process and published whole (`sft.token_cache`). With `build=False` (every rank of
+    a launch but the global rank 0) this process waits for another to write it instead."""
+    key = cache_key(rows, tokenizer, settings, eos_token_id)
+    cache = Path(settings.cache_dir).expanduser() / key
+    if build:
+        build_once(cache, lambda tmp: _tokenize_into(tmp, key, rows, tokenizer, settings, eos_token_id))
+    else:
+        wait_for(cache, wait_seconds(len(rows), tokenize_processes(settings, len(rows))), "tokenized data")
+    counts = Counter(json.loads((cache / "counts.json").read_text()))
+    return TokenizedData(_load_examples(cache / "examples"), counts, cache)
 
-    def batch_fn(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "prompt_length": [], "truncated": [], "status": []}
-        for i in range(len(next(iter(batch.values())))):
-            row = {name: values[i] for name, values in batch.items()}
-            try:
-                messages = to_messages(row)
-            except RowProblem as problem:
-                examples = [_status(problem.reason)]
-            else:
-                examples = tokenize_conversation(
-                    messages,
-                    tokenizer,
-                    eos_token_id=eos_token_id,
-                    max_length=settings.max_length,
-                    multi_turn=settings.multi_turn,
-                    truncation=settings.truncation,
-                )
-            for example in examples:
-                for name in out:
-                    out[name].append(example[name])
-        return out
 
-    mapped = rows.map(
-        batch_fn,
-        batched=True,
-        remove_columns=rows.column_names,
-        num_proc=settings.num_proc,
-        desc="Tokenizing",
-        load_from_cache_file=False,
+def _load_examples(path: Path) -> datasets.Dataset:
+    """The kept examples with `example_id`, each one's position (its noise seed), held in memory."""
+    if not path.is_dir():  # nothing was kept: datasets cannot read back an empty dataset
+        features = {name: COLUMNS[name] for name in ("input_ids", "prompt_length", "truncated")}
+        features["example_id"] = datasets.Value("int64")
+        return datasets.Dataset.from_dict(dict.fromkeys(features, []), features=datasets.Features(features))
+    examples = datasets.load_from_disk(str(path))
+    return examples.add_column("example_id", np.arange(len(examples)))
+
+
+def _tokenize_into(
+    directory: Path,
+    key: str,
+    rows: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: DataSettings,
+    eos_token_id: int,
+) -> None:
+    """Write `examples/` (the kept examples, in order) and `counts.json` (status → count)."""
+    (directory / "work").mkdir()
+    processes = tokenize_processes(settings, len(rows))
+    policy = dict(
+        eos_token_id=eos_token_id,
+        max_length=settings.max_length,
+        multi_turn=settings.multi_turn,
+        truncation=settings.truncation,
     )
-    counts = Counter(mapped["status"])
-    kept = mapped.filter(lambda s: s in KEPT, input_columns="status")
-    kept = kept.remove_columns("status").add_column("example_id", list(range(len(kept))))
-    if len(kept) == 0:  # nothing to cache: an empty dataset cannot be read back from disk
-        return TokenizedData(kept, counts)
-    partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    kept.save_to_disk(str(partial / "examples"))
-    (partial / "counts.json").write_text(json.dumps(counts))
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(partial, cache)
-    return TokenizedData(datasets.load_from_disk(str(cache / "examples")), counts)
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    if processes > 1:  # one core per process: the tokenizer's own threads would oversubscribe them
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        mapped = rows.map(
+            _tokenize_rows,
+            fn_kwargs={"tokenizer": tokenizer, "encoder": PromptEncoder(tokenizer), **policy},
+            batched=True,
+            remove_columns=rows.column_names,
+            features=COLUMNS,
+            num_proc=processes if processes > 1 else None,
+            cache_file_name=str(directory / "work" / "tokenized.arrow"),
+            new_fingerprint=key,
+            desc="Tokenizing",
+        )
+    finally:
+        if processes > 1 and parallelism is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        elif processes > 1:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
+    status = mapped.data.column("status")
+    counts = {entry["values"]: entry["counts"] for entry in pc.value_counts(status).to_pylist()}
+    kept = np.flatnonzero(pc.is_in(status, value_set=pa.array(KEPT)).to_numpy(zero_copy_only=False))
+    if len(kept) < len(mapped):
+        mapped = mapped.select(kept, indices_cache_file_name=str(directory / "work" / "kept.arrow"))
+    if len(kept):
+        mapped.remove_columns("status").save_to_disk(str(directory / "examples"))
+    (directory / "counts.json").write_text(json.dumps(counts))
+    shutil.rmtree(directory / "work")
+
+
+def _tokenize_rows(
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, encoder: PromptEncoder, **policy: Any
+) -> dict[str, list]:
+    """A batch of rows → the columns of their examples (one row can give several or none)."""
+    conversations: list[list[dict[str, str]] | str] = []
+    for i in range(len(next(iter(batch.values())))):
+        try:
+            conversations.append(to_messages({name: values[i] for name, values in batch.items()}))
+        except RowProblem as problem:
+            conversations.append(problem.reason)
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    for examples in tokenize_conversations(conversations, tokenizer, encoder, **policy):
+        for example in examples:
+            for name, column in columns.items():
+                column.append(example[name])
+    return columns

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +56,8 @@ def optimizer_steps(rows: int, args: DiffusionSFTConfig, world_size: int = 1) ->
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
-    """Tokenize the splits (the main process first; the others then read its cache)."""
-    with config.training.main_process_first(desc="tokenizing"):
-        return _prepare_data(config)
-
-
-def _prepare_data(config: RunConfig) -> PreparedData:
+    """Tokenize the splits. Under a launcher only the global rank 0 (the `RANK` it sets, counted
+    across all nodes) tokenizes; every other rank waits for that cache (`sft.data.tokenize_dataset`)."""
     family, tokenizer, eos_id = load_family_tokenizer(config.model, config.training.chat_template_path)
     if not tokenizer.chat_template:
         raise UserError(
@@ -70,10 +67,13 @@ def _prepare_data(config: RunConfig) -> PreparedData:
             expected="'chat_template' in tokenizer_config.json, chat_template.jinja, "
             "or training.chat_template_path",
         )
+    build = int(os.environ.get("RANK", "0")) == 0
 
     def tokenized(paths: Any, key: str) -> TokenizedData:
-        data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id)
+        data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id, build=build)
         if len(data.dataset) == 0:
+            if build and data.cache is not None:  # an empty cache is never kept
+                shutil.rmtree(data.cache, ignore_errors=True)
             raise UserError(
                 f"no examples to train on in {paths if isinstance(paths, str) else ', '.join(paths)}: "
                 + split_summary(data),

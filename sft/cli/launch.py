@@ -13,6 +13,10 @@ and each process silently trains alone). FSDP and DeepSpeed need GPUs: on CPU ac
 turns FSDP into DDP, and DeepSpeed's CPU backend hangs at start. Multi-node runs add accelerate's
 `--num_machines`, `--machine_rank`, `--main_process_ip` and `--main_process_port` to the printed line
 (docs/distributed.md, scripts/slurm_multinode.sh).
+
+A plain `dlm-sft train` on a machine with several GPUs stops (`refuse_data_parallel`): one process
+seeing several GPUs is what makes the Trainer use torch DataParallel, which replicates the model per
+GPU and splits each batch, but not the prediction positions the masked-only head gathers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from sft.config import RunConfig
 from sft.errors import UserError
 from sft.recipe import shipped_recipes
 
@@ -75,6 +80,22 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def refuse_data_parallel(config: RunConfig) -> None:
+    """A UserError naming `--accelerate` when this process would drive several GPUs alone: no
+    launcher started it (WORLD_SIZE unset or 1) and the Trainer would see more than one GPU."""
+    if config.training.use_cpu or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    gpus = gpu_count()
+    if gpus > 1:
+        raise UserError(
+            f"{gpus} GPUs are visible to one process, which the Trainer would spread over them with "
+            "torch DataParallel (not supported)",
+            key="--accelerate",
+            expected=f"--accelerate ddp|fsdp|zero2|zero3 for one process per GPU ({gpus}), "
+            "or CUDA_VISIBLE_DEVICES=0 for one GPU",
+        )
 
 
 def launch_command(

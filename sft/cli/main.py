@@ -1,6 +1,6 @@
 """`dlm-sft`: the command line. Thin: parse, call the library, turn user errors into one line.
 
-    dlm-sft train RECIPE.yaml [section.key=value ...] [--dry-run]
+    dlm-sft train RECIPE.yaml [section.key=value ...] [--dry-run | --tokenize-only]
     dlm-sft train RECIPE.yaml [...] --accelerate ddp|fsdp|zero2|zero3|CFG [--num-processes N] [--print-launch]
     dlm-sft prepare DATA_RECIPE.yaml [key=value ...]
     dlm-sft quickstart [--recipe RECIPE.yaml] [section.key=value ...]
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="print the resolved config, dataset size and step counts, then exit",
+    )
+    train.add_argument(
+        "--tokenize-only",
+        action="store_true",
+        help="tokenize the data into data.cache_dir (on all cores) and exit; run it once before a "
+        "multi-GPU or multi-node launch, whose ranks then read that cache",
     )
     train.add_argument(
         "--accelerate",
@@ -135,12 +141,14 @@ def _run(args: argparse.Namespace) -> int:
         prepare(args.recipe, args.overrides)
         return 0
 
+    from sft.cli.launch import refuse_data_parallel
     from sft.recipe import load_recipe
 
     if args.command == "quickstart":
         from sft.cli.quickstart import DEFAULT_RECIPE, run_quickstart
 
         config = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+        refuse_data_parallel(config)
         untrained, trained = run_quickstart(config)
         print(f"accuracy: untrained={untrained:.3f} trained={trained:.3f}")
         return 0
@@ -148,11 +156,19 @@ def _run(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, args.overrides)
     if args.accelerate is not None or args.num_processes is not None or args.print_launch:
         return _launch(args)
-    if args.dry_run:
-        from sft.run import describe, prepare_data
+    if args.dry_run or args.tokenize_only:
+        from sft.run import data_summary, describe, prepare_data
 
-        print(describe(config, prepare_data(config)))
+        data = prepare_data(config)
+        if args.dry_run:
+            print(describe(config, data))
+            return 0
+        print("\n".join(data_summary(data)))
+        for name, split in (("train", data.train), ("eval", data.eval)):
+            if split is not None:
+                print(f"{name} tokenized into {split.cache}")
         return 0
+    refuse_data_parallel(config)
     from sft.run import train
 
     train(config)
@@ -168,8 +184,9 @@ def _launch(args: argparse.Namespace) -> int:
     if args.accelerate is None:
         flag = "--num-processes" if args.num_processes is not None else "--print-launch"
         raise UserError("needs --accelerate", key=flag, expected="--accelerate ddp|fsdp|zero2|zero3|CONFIG")
-    if args.dry_run:
-        raise UserError("cannot be combined with --accelerate", key="--dry-run")
+    for flag, given in (("--dry-run", args.dry_run), ("--tokenize-only", args.tokenize_only)):
+        if given:
+            raise UserError("cannot be combined with --accelerate (run it first, in one process)", key=flag)
     return run_launch(
         args.recipe, args.overrides, args.accelerate, args.num_processes, args.debug, args.print_launch
     )

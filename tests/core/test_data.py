@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from sft.config import DataSettings
-from sft.data import cache_key, load_chat_rows, tokenize_conversation, tokenize_dataset
+from sft.data import cache_key, load_chat_rows, tokenize_conversation, tokenize_dataset, tokenize_processes
 from sft.errors import UserError
 from tests.conftest import write_chat_rows
 
@@ -97,7 +99,8 @@ def test_tokenized_data_is_cached_by_what_it_depends_on(tokenizer, tmp_path):
     again = tokenize_dataset(rows, tokenizer, settings, tokenizer.eos_token_id)
     assert again.dataset.cache_files[0]["filename"].startswith(str(tmp_path / "cache"))
     assert again.dataset["input_ids"] == first.dataset["input_ids"] and again.counts == first.counts
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    published = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert published == [first.cache.name]
 
     key = cache_key(rows, tokenizer, settings, tokenizer.eos_token_id)
     assert cache_key(rows, tokenizer, DataSettings(max_length=32), tokenizer.eos_token_id) != key
@@ -110,3 +113,27 @@ def test_tokenized_data_is_cached_by_what_it_depends_on(tokenizer, tmp_path):
         assert cache_key(rows, tokenizer, settings, tokenizer.eos_token_id) != key
     finally:
         tokenizer.chat_template = original
+
+
+def test_several_tokenizing_processes_give_what_one_gives(tokenizer, tmp_path):
+    path = write_chat_rows(tmp_path / "rows.jsonl", [{"messages": CONVERSATION}, {"prompt": "Sort 21"}] * 20)
+    rows = load_chat_rows(str(path))
+    eos = tokenizer.eos_token_id
+    one = tokenize_dataset(rows, tokenizer, DataSettings(num_proc=1, cache_dir=str(tmp_path / "one")), eos)
+    two = tokenize_dataset(rows, tokenizer, DataSettings(num_proc=2, cache_dir=str(tmp_path / "two")), eos)
+    assert two.dataset.to_dict() == one.dataset.to_dict() and two.counts == one.counts
+    assert len(two.dataset) == 20 and sum(two.dropped.values()) == 20  # no completion
+
+
+def test_num_proc_defaults_to_the_cores_with_enough_rows_each():
+    cores = len(os.sched_getaffinity(0))
+    assert tokenize_processes(DataSettings(), 4_999) == 1
+    assert tokenize_processes(DataSettings(), 10_000_000) == cores
+    assert tokenize_processes(DataSettings(num_proc=3), 10) == 3
+
+
+def test_a_split_with_every_row_dropped_is_an_empty_dataset(tokenizer, tmp_path):
+    path = write_chat_rows(tmp_path / "rows.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 2)
+    settings = DataSettings(cache_dir=str(tmp_path / "cache"))
+    data = tokenize_dataset(load_chat_rows(str(path)), tokenizer, settings, tokenizer.eos_token_id)
+    assert len(data.dataset) == 0 and data.dropped == {"not_ending_with_assistant": 2}
