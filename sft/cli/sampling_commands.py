@@ -142,7 +142,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from sft.sampling.evaluate import evaluate_checkpoint, read_rows, resolve_target
+    from sft.evaluation.bundled import evaluate_checkpoint, read_rows, resolve_target
     from sft.sampling.loading import load_for_sampling
 
     target = resolve_target(args.target, args.overrides, args.max_length)

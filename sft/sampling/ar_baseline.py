@@ -24,7 +24,7 @@ from sft.errors import UserError
 from sft.families.base import read_config
 from sft.families.loader import load_family_tokenizer, native_config
 from sft.sampling.chat import encode_prompt, stop_token_ids
-from sft.sampling.evaluate import prompts_of
+from sft.evaluation.bundled import prompts_of
 from sft.sampling.sampler import cut_at_stop, left_pad
 from sft.tasks.registry import task_for_source
 
