@@ -13,10 +13,9 @@ PTH = Path("sft", "evaluation", "dlm_sft_lm_eval.pth")
 class BuildPyWithLmEvalHook(build_py):
     def run(self) -> None:
         super().run()
-        if self.editable_mode:
-            target = self.get_finalized_command("install").install_lib
-        else:
-            target = self.build_lib
+        # an editable install's wheel is assembled in the install command's directory
+        editable_wheel = self.get_finalized_command("install").install_lib if self.editable_mode else None
+        target = editable_wheel or self.build_lib
         self.copy_file(str(PTH), str(Path(target, PTH.name)))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:

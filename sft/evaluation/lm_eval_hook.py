@@ -43,7 +43,9 @@ class _RegisterAfterLoading(importlib.abc.Loader):
 
 
 class _LmEvalModelsFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: object, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, name: str, path: object, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if name != WATCHED:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)

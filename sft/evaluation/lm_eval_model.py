@@ -36,7 +36,17 @@ from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import SamplerSettings, cut_at_stop, diffusion_generate, left_pad
 
 DEFAULT_GEN_TOKENS = 256  # lm-eval's own default `max_gen_toks`
-SAMPLER_ARGS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "block_length", "threshold")
+SAMPLER_ARGS = (
+    "steps",
+    "temperature",
+    "top_p",
+    "top_k",
+    "alg",
+    "alg_temp",
+    "eps",
+    "block_length",
+    "threshold",
+)
 
 
 @register_model("dlm")
@@ -84,7 +94,9 @@ class DiffusionLM(TemplateLM):
     def from_loaded(cls, loaded: LoadedModel, **arguments: Any) -> DiffusionLM:
         return cls(loaded=loaded, **arguments)
 
-    def configure(self, *, max_new_tokens: int | None = None, mc_samples: int | None = None, **sampler: Any) -> None:
+    def configure(
+        self, *, max_new_tokens: int | None = None, mc_samples: int | None = None, **sampler: Any
+    ) -> None:
         """Change the settings between evaluations (presets run tasks with different settings)."""
         self.max_new_tokens = max_new_tokens
         if mc_samples is not None:
@@ -118,7 +130,9 @@ class DiffusionLM(TemplateLM):
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return self.tokenizer.chat_template if chat_template else None
 
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
         return self.tokenizer.apply_chat_template(
             chat_history,
             tokenize=False,
@@ -188,7 +202,9 @@ class DiffusionLM(TemplateLM):
         self.standard_errors[kind].extend(e.standard_error for e in estimates)
         return [e.mean for e in estimates]
 
-    def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[Any], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         contexts, continuations = [], []
         for _, context, continuation in requests:
             keep = self.max_length - len(continuation)
@@ -248,7 +264,11 @@ class DiffusionLM(TemplateLM):
     def get_model_info(self) -> dict[str, Any]:
         """Recorded in the results JSON's `config`: the estimator's settings and its spread."""
         spread = {
-            kind: {"requests": len(errors), "mean_standard_error": sum(errors) / len(errors), "max_standard_error": max(errors)}
+            kind: {
+                "requests": len(errors),
+                "mean_standard_error": sum(errors) / len(errors),
+                "max_standard_error": max(errors),
+            }
             for kind, errors in self.standard_errors.items()
             if errors
         }
