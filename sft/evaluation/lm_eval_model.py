@@ -19,6 +19,7 @@ results JSON's `config` through `get_model_info`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -76,6 +77,11 @@ class DiffusionLM(TemplateLM):
         unknown = sorted(set(sampler) - set(SAMPLER_ARGS) - {"max_batch_size"})
         if unknown:
             raise ValueError(f"unknown dlm model arguments {unknown}; sampler options are {SAMPLER_ARGS}")
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(
+                f"device {device!r} requested but CUDA is not available; using the CPU", stacklevel=2
+            )
+            device = "cpu"
         self.loaded = loaded or load_for_sampling(str(pretrained), device=device, dtype=dtype)
         self.tokenizer = self.loaded.tokenizer
         self._device = next(self.loaded.model.parameters()).device

@@ -157,28 +157,33 @@ def test_until_strings_cut_the_answer(model):
     assert cut_at_strings("ab\nc|d", ["|", "\n"]) == "ab"
 
 
-def test_loglikelihood_is_the_seeded_elbo_batched_or_not_with_its_spread(model):
+def test_loglikelihood_ranks_the_trained_answer_first_and_greedy_matches_decoding(model):
     requests = instances("loglikelihood", [(c, d) for c in DIGITS for d in DIGITS])
-    model.batch_size = 1
-    one_by_one = model.loglikelihood(requests, disable_tqdm=True)
-    model.batch_size = 16
-    batched = model.loglikelihood(requests, disable_tqdm=True)
-    for (a, greedy_a), (b, greedy_b) in zip(one_by_one, batched):
-        assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
-    scores = [score for score, _ in one_by_one]
+    model.batch_size = 32
+    scored = model.loglikelihood(requests, disable_tqdm=True)
+    scores = [score for score, _ in scored]
     likeliest = [max(range(10), key=lambda d: scores[10 * c + d]) for c in range(10)]
     assert sum(d == (c + 1) % 10 for c, d in enumerate(likeliest)) >= 7  # the trained answer (chance: 1)
-    greedy = model.generate_until(
-        instances("generate_until", [(c, {"max_gen_toks": 1}) for c in DIGITS]), True
-    )
-    assert [hit for _, hit in one_by_one] == [greedy[c] == d for c in range(10) for d in DIGITS]
     assert all(s < 0 for s in scores)
+    prompts = [(c, {"max_gen_toks": 1}) for c in DIGITS]
+    decoded = model.generate_until(instances("generate_until", prompts), True)
+    assert [hit for _, hit in scored] == [decoded[c] == d for c in range(10) for d in DIGITS]
     spread = model.get_model_info()["dlm"]["elbo"]["spread"]["loglikelihood"]
-    assert spread["requests"] >= 200 and spread["max_standard_error"] > 0
-    model.likelihood.seed = 1
-    other_seed = [s for s, _ in model.loglikelihood(requests, disable_tqdm=True)]
-    model.likelihood.seed = 0
-    assert other_seed != scores  # the seed drives the masks
+    assert spread["requests"] >= 100 and spread["max_standard_error"] > 0
+
+
+def test_loglikelihood_is_seeded_and_batching_equals_unbatched(model):
+    requests = instances("loglikelihood", [(c, d) for c in ("3", "7") for d in DIGITS])
+
+    def scores(batch_size: int, seed: int) -> list[float]:
+        estimator = DiffusionLM.from_loaded(model.loaded, mc_samples=4, batch_size=batch_size, seed=seed)
+        estimator.greedy_check = False
+        return [score for score, _ in estimator.loglikelihood(requests, disable_tqdm=True)]
+
+    one_by_one = scores(batch_size=1, seed=0)
+    assert scores(batch_size=24, seed=0) == pytest.approx(one_by_one, abs=1e-4)
+    assert scores(batch_size=24, seed=0) == scores(batch_size=24, seed=0)
+    assert scores(batch_size=24, seed=1) != pytest.approx(one_by_one, abs=1e-4)  # the seed draws the masks
 
 
 def test_loglikelihood_rolling_sums_windows_and_batches_alike(model):
@@ -235,7 +240,7 @@ def test_lm_eval_cli_finds_the_dlm_model_through_the_installed_pth(trained, next
     site_dir.mkdir()
     pth = REPO / "sft" / "evaluation" / "dlm_sft_lm_eval.pth"
     (site_dir / pth.name).write_text(pth.read_text())
-    output = tmp_path / "cli.json"
+    output = tmp_path / "cli"
     argv = ["lm_eval", "run", "--model", "dlm", "--model_args", f"pretrained={trained},mc_samples=4"]
     argv += ["--tasks", "dlm_next_digit_mc", "--include_path", str(next_digit_task), "--limit", "4"]
     argv += ["--apply_chat_template", "--output_path", str(output)]
@@ -251,7 +256,7 @@ def test_lm_eval_cli_finds_the_dlm_model_through_the_installed_pth(trained, next
 
     run = lm_eval_cli(with_hook=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    (written,) = [output] if output.is_file() else list(output.parent.glob("**/results_*.json"))
+    (written,) = output.glob("**/results_*.json")  # lm-eval's own layout under --output_path
     results = json.loads(written.read_text())
     assert (
         results["config"]["dlm"]["family"] == "ar" and "acc,none" in results["results"]["dlm_next_digit_mc"]
