@@ -167,6 +167,11 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         help="Monte-Carlo samples per loglikelihood request (default 128)",
     )
     harness.add_argument(
+        "--confirm-run-unsafe-code",
+        action="store_true",
+        help="let code tasks (HumanEval, MBPP) execute the generated code, as lm-eval asks",
+    )
+    harness.add_argument(
         "--output", default=None, help="results JSON (default CHECKPOINT/eval/lm_eval_<UTC time>.json)"
     )
     parser.add_argument(
@@ -239,7 +244,7 @@ def run_harness_eval(args: argparse.Namespace) -> int:
         raise UserError(
             "lm-eval is not installed", key="--tasks", expected="pip install 'dlm-sft[eval]'"
         ) from None
-    from sft.evaluation.results import default_output, metric_lines, write_results
+    from sft.eval_results import default_output, metric_lines, write_results
     from sft.sampling.loading import load_for_sampling
 
     overrides = given_sampler_options(args)
@@ -255,6 +260,7 @@ def run_harness_eval(args: argparse.Namespace) -> int:
         include_path=args.include_path,
         batch_size=args.batch_size,
         seed=args.seed,
+        confirm_run_unsafe_code=args.confirm_run_unsafe_code,
     )
     output = write_results(results, args.output or default_output(args.checkpoint))
     print("\n".join([*metric_lines(results), f"results: {output}"]))

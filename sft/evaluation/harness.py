@@ -8,7 +8,7 @@ results are merged into one lm-eval results JSON (`results`, `n-shot`, `configs`
 settings, `config.dlm.elbo` the likelihood estimator's spread.
 
 Explicit command-line settings override the preset's for every task. Writing and reading the
-results files is `results.py`'s.
+results files is `sft/eval_results.py`'s (core: `dlm-sft report` reads them).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def run_harness(
     include_path: str | None = None,
     batch_size: int = 1,
     seed: int = 0,
+    confirm_run_unsafe_code: bool = False,
 ) -> dict[str, Any]:
     """Run every `HarnessRun` on `loaded`; return the merged lm-eval results dict."""
     if include_path is not None and not Path(include_path).is_dir():
@@ -121,6 +122,7 @@ def run_harness(
             numpy_random_seed=seed,
             torch_random_seed=seed,
             fewshot_random_seed=seed,
+            confirm_run_unsafe_code=confirm_run_unsafe_code,
         )
         for section in MERGED_SECTIONS:
             merged.setdefault(section, {}).update(results.get(section) or {})

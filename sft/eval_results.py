@@ -1,5 +1,6 @@
-"""lm-eval results files of a checkpoint: where `dlm-sft eval --tasks` puts them, reading them back
-and one line per metric. Plain JSON: nothing here needs lm-eval installed (`dlm-sft report` uses it).
+"""lm-eval results files of a checkpoint: where `dlm-sft eval --tasks` (sft/evaluation/harness.py)
+puts them, reading them back and one line per metric. Plain JSON: nothing here needs lm-eval
+installed, so `dlm-sft report` (sft/report.py) lists a run's results without it.
 
 A run or export directory keeps its files in `eval/lm_eval_<UTC time>.json`.
 """
