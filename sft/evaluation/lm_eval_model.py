@@ -219,8 +219,7 @@ class DiffusionLM(TemplateLM):
         scores = self._elbo(contexts, continuations, "loglikelihood")
         greedy = self._is_greedy(contexts, continuations) if self.greedy_check else [False] * len(requests)
         for (cache_key, _, _), score, hit in zip(requests, scores, greedy):
-            if cache_key is not None and hasattr(self, "cache_hook"):
-                self.cache_hook.add_partial("loglikelihood", cache_key, (score, hit))
+            self.cache_hook.add_partial("loglikelihood", cache_key, (score, hit))
         return list(zip(scores, greedy))
 
     def _is_greedy(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[bool]:
