@@ -148,6 +148,15 @@ def test_generate_until_is_deterministic_and_batching_equals_unbatched(model):
     assert one_by_one == ["4", "9", "2", "6", "0"]  # the trained answers, stop tokens cut
 
 
+def test_sampler_options_reach_the_sampler(model):
+    requests = instances("generate_until", [(c, {"max_gen_toks": 2}) for c in ("2", "7")])
+    blocks = DiffusionLM.from_loaded(model.loaded, alg="entropy", block_length=1, threshold=0.9, steps=2)
+    assert blocks.generate_until(requests, True) == ["3", "8"]
+    origin_with_threshold = DiffusionLM.from_loaded(model.loaded, alg="origin", threshold=0.5)
+    with pytest.raises(ValueError, match="threshold needs a confidence alg"):
+        origin_with_threshold.generate_until(requests, True)
+
+
 def test_until_strings_cut_the_answer(model):
     (free,) = model.generate_until(instances("generate_until", [("6", {"max_gen_toks": 3})]), True)
     (stopped,) = model.generate_until(
