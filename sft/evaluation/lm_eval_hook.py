@@ -5,7 +5,8 @@ imported. Installing dlm-sft puts `dlm_sft_lm_eval.pth` into site-packages; Pyth
 line at start-up, which calls `install()`. That adds a meta-path finder answering for the single
 module `lm_eval.models`: right after lm-eval's module has run, `dlm` is registered as a lazy
 placeholder for `sft.evaluation.lm_eval_model:DiffusionLM`, so torch and dlm-sft load only when a
-user asks for `--model dlm`. Without lm-eval installed the finder is never consulted.
+user asks for `--model dlm`. Without lm-eval installed the finder is never consulted; if this
+module cannot be imported (an `sft` on the path without this wing), the .pth line does nothing.
 """
 
 from __future__ import annotations
