@@ -20,7 +20,9 @@ from sft.cli import main
 from sft.evaluation.lm_eval_model import DiffusionLM, cut_at_strings
 from sft.recipe import build_run_config
 from sft.run import train
+from sft.sampling.chat import stop_token_ids
 from sft.sampling.loading import load_for_sampling
+from sft.sampling.sampler import cut_at_stop, diffusion_generate, left_pad
 from tests.conftest import QUICKSTART_MODEL, tiny_qwen2_config, write_chat_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,10 +151,26 @@ def test_generate_until_is_deterministic_and_batching_equals_unbatched(model):
 
 
 def test_sampler_options_reach_the_sampler(model):
+    options = {"alg": "entropy", "block_length": 1, "threshold": 0.9, "steps": 2, "temperature": 0.0}
     requests = instances("generate_until", [(c, {"max_gen_toks": 2}) for c in ("2", "7")])
-    blocks = DiffusionLM.from_loaded(model.loaded, alg="entropy", block_length=1, threshold=0.9, steps=2)
-    assert blocks.generate_until(requests, True) == ["3", "8"]
-    origin_with_threshold = DiffusionLM.from_loaded(model.loaded, alg="origin", threshold=0.5)
+    answers = DiffusionLM.from_loaded(model.loaded, batch_size=2, **options).generate_until(requests, True)
+    loaded = model.loaded
+    ids, attention = left_pad([loaded.tokenizer("2")["input_ids"], loaded.tokenizer("7")["input_ids"]], 0)
+    sequences = diffusion_generate(
+        loaded.model,
+        ids,
+        attention,
+        mask_token_id=loaded.mask_token_id,
+        shift=loaded.family.shift,
+        max_new_tokens=2,
+        **options,
+    ).sequences[:, ids.shape[1] :]
+    stops = stop_token_ids(loaded.tokenizer)
+    expected = [
+        loaded.tokenizer.decode(cut_at_stop(r, stops), skip_special_tokens=True) for r in sequences.tolist()
+    ]
+    assert answers == expected
+    origin_with_threshold = DiffusionLM.from_loaded(loaded, alg="origin", threshold=0.5)
     with pytest.raises(ValueError, match="threshold needs a confidence alg"):
         origin_with_threshold.generate_until(requests, True)
 
