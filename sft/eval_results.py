@@ -2,7 +2,7 @@
 puts them, reading them back and one line per metric. Plain JSON: nothing here needs lm-eval
 installed, so `dlm-sft report` (sft/report.py) lists a run's results without it.
 
-A run or export directory keeps its files in `eval/lm_eval_<UTC time>.json`.
+A run or export directory keeps its files in `eval/lm_eval_<UTC time>.json` (see `default_output`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ PATTERN = "lm_eval_*.json"
 
 
 def default_output(checkpoint: str | Path) -> Path:
-    return Path(checkpoint) / RESULTS_DIR / time.strftime("lm_eval_%Y%m%dT%H%M%SZ.json", time.gmtime())
+    """CHECKPOINT/eval/lm_eval_<UTC time>.json for a local directory; for a hub id (whose cached
+    snapshot is not ours to write into) ./eval/<org>__<name>/lm_eval_<UTC time>.json."""
+    name = time.strftime("lm_eval_%Y%m%dT%H%M%SZ.json", time.gmtime())
+    local = Path(checkpoint)
+    if local.is_dir():
+        return local / RESULTS_DIR / name
+    return Path(RESULTS_DIR) / str(checkpoint).replace("/", "__") / name
 
 
 def write_results(results: dict[str, Any], path: str | Path) -> Path:
