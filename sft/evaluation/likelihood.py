@@ -28,7 +28,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from sft import objective
-from sft.prediction_head import enable_prediction_positions
+from sft.prediction_head import head_loss
 from sft.sampling.sampler import left_pad
 
 
@@ -75,7 +75,6 @@ def elbo_samples(
     """Per-sample ELBOs (requests, mc_samples), float64: Σ over masked continuation tokens of
     (1/t)·log p. Rows (request × sample) go through the model `batch_size` at a time."""
     settings.check()
-    enable_prediction_positions(model.get_base_model() if isinstance(model, PeftModel) else model)
     device = next(model.parameters()).device
     n = settings.mc_samples
     sample_ids = torch.arange(n)
@@ -100,19 +99,49 @@ def elbo_samples(
         rows_idx, cols_idx = masked.nonzero(as_tuple=True)
         source = objective.prediction_source(cols_idx, positions[rows_idx, cols_idx], shift)
         weights = objective.token_weights("inv_t", t, ~masked, None, None, 0)
-        with torch.no_grad():
-            token_ce = model(
-                input_ids=noisy.to(device),
-                attention_mask=attention.to(device),
-                position_ids=positions.to(device),
-                prediction_positions=(rows_idx.to(device), source.to(device)),
-                prediction_targets=ids[rows_idx, cols_idx].to(device),
-            )
-        per_row = torch.zeros(len(chunk), dtype=torch.float64)
-        per_row.index_add_(0, rows_idx, -(weights[rows_idx, cols_idx] * token_ce.float().cpu()).double())
+        per_row = -masked_weighted_ce(
+            model,
+            noisy.to(device),
+            attention.to(device),
+            positions.to(device),
+            (rows_idx.to(device), source.to(device)),
+            ids[rows_idx, cols_idx].to(device),
+            weights[rows_idx, cols_idx].to(device),
+            len(chunk),
+        )
         for i, (r, s) in enumerate(chunk):
             out[r, s] = per_row[i]
     return out
+
+
+@torch.no_grad()
+def masked_weighted_ce(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    positions: tuple[torch.Tensor, torch.Tensor],
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    n_rows: int,
+) -> torch.Tensor:
+    """Per row of the batch, Σ weight · CE(head(hidden at `positions`), target), float64 on the CPU.
+
+    The backbone runs once; the LM head only at the N positions, through the trainer's own fused
+    head loss (`sft.prediction_head.head_loss`), one row at a time. (LoRA layers live inside the
+    base model's modules, so the base's decoder and head are the adapted ones.)"""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    hidden = base.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    rows, cols = positions
+    selected = hidden[rows, cols]
+    head = base.get_output_embeddings()
+    totals = torch.zeros(n_rows, dtype=torch.float64)
+    for row in rows.unique().tolist():
+        at = rows == row
+        totals[row] = float(head_loss(selected[at], head, targets[at], weights[at].float()))
+    return totals
 
 
 def summarize(samples: torch.Tensor) -> list[ElboEstimate]:
