@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install quickstart test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

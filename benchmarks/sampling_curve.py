@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from sft.sampling.evaluate import exact_match
+from sft.evaluation.bundled import exact_match
 from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import SamplerSettings
 from sft.tasks import sort_digits

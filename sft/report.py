@@ -3,17 +3,20 @@
 Reads the Trainer's `log_history` from `trainer_state.json` (the newest complete `checkpoint-N`, or
 the run directory itself) and `dlm_run.json` when the run finished; plots loss, eval loss and
 learning rate against the optimizer step into `RUN_DIR/report.png` (matplotlib, Agg) and returns a
-short summary: steps, tokens seen, best eval loss, throughput.
+short summary: steps, tokens seen, best eval loss, throughput. When the run has benchmark results
+(`dlm-sft eval RUN_DIR --tasks ...` writes them to `RUN_DIR/eval/`, see `sft.eval_results`),
+the summary lists every file's metrics and the PNG gets a third panel with the newest file's.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sft.errors import UserError
+from sft.eval_results import metric_lines, metrics, results_files
 from sft.run import complete_checkpoints
 
 
@@ -25,6 +28,7 @@ class RunHistory:
     global_step: int
     source: Path  # the trainer_state.json read
     run: dict[str, Any] | None  # dlm_run.json
+    evals: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # lm-eval results, oldest first
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one logged quantity."""
@@ -53,7 +57,8 @@ def read_history(run_dir: str | Path) -> RunHistory:
     path, state = max(states, key=lambda item: item[1].get("global_step", 0))
     run_file = root / "dlm_run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else None
-    return RunHistory(state.get("log_history", []), int(state.get("global_step", 0)), path, run)
+    evals = [(file, json.loads(file.read_text())) for file in results_files(root)]
+    return RunHistory(state.get("log_history", []), int(state.get("global_step", 0)), path, run, evals)
 
 
 def summary(history: RunHistory) -> list[str]:
@@ -93,17 +98,23 @@ def summary(history: RunHistory) -> list[str]:
         lines.append(f"throughput: {speed}")
     if history.run is not None:
         lines.append(f"finished: yes (dlm_run.json, recipe {history.run.get('source')})")
+    for file, results in history.evals:
+        lines.append(f"eval results ({file}):")
+        lines.extend(f"  {line}" for line in metric_lines(results))
     return lines
 
 
 def plot(history: RunHistory, output: Path) -> Path:
-    """Loss and eval loss (left) and learning rate (right) against the optimizer step, as a PNG."""
+    """Loss and eval loss (left) and learning rate (middle) against the optimizer step, and the
+    newest benchmark results (right, when there are any), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (losses, rate) = plt.subplots(1, 2, figsize=(11, 4))
+    panels = 3 if history.evals else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    losses, rate = axes[0], axes[1]
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         steps, values = history.series(key)
         if values:
@@ -116,11 +127,24 @@ def plot(history: RunHistory, output: Path) -> Path:
     rate.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
     rate.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     rate.grid(alpha=0.3)
+    if history.evals:
+        _plot_results(axes[2], *history.evals[-1])
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output
+
+
+def _plot_results(axis: Any, file: Path, results: dict[str, Any]) -> None:
+    """Horizontal bars: one per task metric, with its standard error."""
+    rows = metrics(results)
+    labels = [f"{task} {name}" for task, name, _, _ in rows]
+    errors = [error or 0.0 for _, _, _, error in rows]
+    axis.barh(labels, [value for _, _, value, _ in rows], xerr=errors, color="tab:purple", alpha=0.8)
+    axis.invert_yaxis()
+    axis.set(xlabel="score", title=f"eval results ({file.name})")
+    axis.grid(alpha=0.3, axis="x")
 
 
 def write_run_report(run_dir: str | Path, output: str | Path | None = None) -> str:

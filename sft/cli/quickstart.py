@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sft.config import RunConfig
+from sft.evaluation.bundled import exact_match
 from sft.run import build_model, build_trainer, prepare_data, save_run
-from sft.sampling.evaluate import exact_match
 from sft.tasks import sort_digits
 
 DEFAULT_RECIPE = "recipes/quickstart/sort_digits.yaml"

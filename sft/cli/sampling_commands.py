@@ -2,8 +2,11 @@
 
     dlm-sft generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--interactive] [sampler options]
     dlm-sft eval CHECKPOINT RECIPE_OR_DATA [section.key=value ...] [--ar-baseline] [sampler options]
+    dlm-sft eval CHECKPOINT --tasks T1,T2 [--preset NAME] [--num-fewshot K] [--limit N]
+                 [--include-path DIR] [--apply-chat-template] [--output FILE] [sampler options]
 
-Sampler options mirror Dream's `diffusion_generate` (see `sft/sampling/sampler.py`).
+Sampler options mirror Dream's `diffusion_generate` (see `sft/sampling/sampler.py`). Options left
+unset keep `SamplerSettings`' defaults, or with `eval --preset` the preset's value.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ def add_sampler_options(parser: argparse.ArgumentParser, max_new_tokens: int | N
         help=auto or f"canvas length (default {max_new_tokens})",
     )
     group.add_argument("--steps", type=int, default=None, help="denoising steps (default: max-new-tokens)")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
+    group.add_argument("--temperature", type=float, default=None, help="0 = greedy, deterministic (default)")
     group.add_argument("--top-p", type=float, default=None)
     group.add_argument("--top-k", type=int, default=None)
-    group.add_argument("--alg", choices=ALGORITHMS, default="maskgit_plus", help="which tokens to reveal")
+    group.add_argument(
+        "--alg", choices=ALGORITHMS, default=None, help="which tokens to reveal (default maskgit_plus)"
+    )
     group.add_argument(
         "--alg-temp", type=float, default=None, help="sample the revealed set (confidence algs)"
     )
-    group.add_argument("--eps", type=float, default=1e-3, help="last timestep")
+    group.add_argument("--eps", type=float, default=None, help="last timestep (default 1e-3)")
     group.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (LLaDA)")
     group.add_argument(
         "--threshold",
@@ -45,19 +50,28 @@ def add_sampler_options(parser: argparse.ArgumentParser, max_new_tokens: int | N
     group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
+SAMPLER_OPTIONS = (
+    "steps",
+    "temperature",
+    "top_p",
+    "top_k",
+    "alg",
+    "alg_temp",
+    "eps",
+    "block_length",
+    "threshold",
+)
+
+
+def given_sampler_options(args: argparse.Namespace) -> dict[str, object]:
+    """The sampler options set on the command line (None = not given)."""
+    names = ("max_new_tokens", *SAMPLER_OPTIONS)
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def sampler_settings(args: argparse.Namespace, max_new_tokens: int) -> SamplerSettings:
-    settings = SamplerSettings(
-        max_new_tokens=max_new_tokens,
-        steps=args.steps or max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        alg=args.alg,
-        alg_temp=args.alg_temp,
-        eps=args.eps,
-        block_length=args.block_length,
-        threshold=args.threshold,
-    )
+    given = {k: v for k, v in given_sampler_options(args).items() if k in SAMPLER_OPTIONS}
+    settings = SamplerSettings(**{"max_new_tokens": max_new_tokens, "steps": max_new_tokens, **given})
     try:
         settings.check()
     except ValueError as err:
@@ -119,12 +133,47 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- eval
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="eval loss and task accuracy of a checkpoint")
+    parser = commands.add_parser(
+        "eval", help="eval loss and task accuracy of a checkpoint, or lm-evaluation-harness tasks"
+    )
     parser.add_argument(
         "checkpoint", help="a model directory (training output, export), a LoRA adapter, or a hub id"
     )
-    parser.add_argument("target", help="a recipe YAML (its data.eval) or a chat data file/directory")
+    parser.add_argument(
+        "target",
+        nargs="?",
+        help="a recipe YAML (its data.eval) or a chat data file/directory (not with --tasks)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value (recipe only)")
+    harness = parser.add_argument_group("lm-evaluation-harness (needs the `eval` extra)")
+    harness.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks, e.g. gsm8k,arc_easy")
+    harness.add_argument(
+        "--preset",
+        default=None,
+        help="Dream's or LLaDA's published settings per task: dream-instruct or llada-instruct "
+        "(see docs/evaluation.md); --tasks then picks among its tasks",
+    )
+    harness.add_argument(
+        "--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)"
+    )
+    harness.add_argument("--include-path", default=None, help="a directory of extra lm-eval task YAMLs")
+    harness.add_argument(
+        "--apply-chat-template", action="store_true", help="render prompts with the tokenizer's chat template"
+    )
+    harness.add_argument(
+        "--mc-samples",
+        type=int,
+        default=None,
+        help="Monte-Carlo samples per loglikelihood request (default 128)",
+    )
+    harness.add_argument(
+        "--confirm-run-unsafe-code",
+        action="store_true",
+        help="let code tasks (HumanEval, MBPP) execute the generated code, as lm-eval asks",
+    )
+    harness.add_argument(
+        "--output", default=None, help="results JSON (default CHECKPOINT/eval/lm_eval_<UTC time>.json)"
+    )
     parser.add_argument(
         "--max-length", type=int, default=None, help="eval row length (default: recipe or 2048)"
     )
@@ -142,9 +191,13 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from sft.sampling.evaluate import evaluate_checkpoint, read_rows, resolve_target
+    from sft.evaluation.bundled import evaluate_checkpoint, read_rows, resolve_target
     from sft.sampling.loading import load_for_sampling
 
+    if args.tasks is not None or args.preset is not None:
+        return run_harness_eval(args)
+    if args.target is None:
+        raise UserError("nothing to evaluate on", expected="RECIPE_OR_DATA, or --tasks / --preset")
     target = resolve_target(args.target, args.overrides, args.max_length)
     if args.ar_baseline and target.recipe is None:
         raise UserError("--ar-baseline needs a recipe (its training data and budget)", file=args.target)
@@ -171,4 +224,44 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = read_rows(target.paths)[: args.limit]
         report.ar_accuracy = ar_accuracy(baseline, rows, tokens, args.batch_size)
     print("\n".join(report.lines()))
+    return 0
+
+
+def run_harness_eval(args: argparse.Namespace) -> int:
+    """`eval --tasks/--preset`: lm-eval tasks, results JSON written and summarised."""
+    if args.target is not None:
+        raise UserError(
+            f"a recipe or data path ({args.target}) cannot be combined with --tasks/--preset",
+            expected="either RECIPE_OR_DATA (bundled tasks) or --tasks (lm-eval)",
+        )
+    if args.ar_baseline:
+        raise UserError("--ar-baseline works with a recipe, not with --tasks", key="--ar-baseline")
+    try:
+        from sft.evaluation.harness import plan_runs, run_harness
+    except ModuleNotFoundError as err:
+        if err.name != "lm_eval" and not (err.name or "").startswith("lm_eval."):
+            raise
+        raise UserError(
+            "lm-eval is not installed", key="--tasks", expected="pip install 'dlm-sft[eval]'"
+        ) from None
+    from sft.eval_results import default_output, metric_lines, write_results
+    from sft.sampling.loading import load_for_sampling
+
+    overrides = given_sampler_options(args)
+    if args.mc_samples is not None:
+        overrides["mc_samples"] = args.mc_samples
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    runs = plan_runs(tasks, args.preset, args.num_fewshot, args.apply_chat_template, overrides)
+    loaded = load_for_sampling(args.checkpoint, device=args.device)
+    results = run_harness(
+        loaded,
+        runs,
+        limit=args.limit,
+        include_path=args.include_path,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+    )
+    output = write_results(results, args.output or default_output(args.checkpoint))
+    print("\n".join([*metric_lines(results), f"results: {output}"]))
     return 0

@@ -21,10 +21,10 @@ from trl import SFTConfig, SFTTrainer
 from sft.config import RunConfig
 from sft.data import load_chat_rows, usable_rows
 from sft.errors import UserError
+from sft.evaluation.bundled import prompts_of
 from sft.families.base import read_config
 from sft.families.loader import load_family_tokenizer, native_config
 from sft.sampling.chat import encode_prompt, stop_token_ids
-from sft.sampling.evaluate import prompts_of
 from sft.sampling.sampler import cut_at_stop, left_pad
 from sft.tasks.registry import task_for_source
 

@@ -31,6 +31,9 @@ def test_the_wheel_ships_the_recipes_and_plans_from_another_directory(tmp_path):
         "sft/recipes/dream-7b/sft_lora.yaml",
     ):
         assert shipped in names
+    # the import hook that makes `lm_eval --model dlm` work sits at site-packages' top level
+    hook = (REPO / "sft" / "evaluation" / "dlm_sft_lm_eval.pth").read_text()
+    assert (tmp_path / "site" / "dlm_sft_lm_eval.pth").read_text() == hook
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}

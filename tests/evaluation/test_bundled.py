@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from sft.cli import main
+from sft.evaluation.bundled import evaluate_checkpoint, resolve_target
 from sft.recipe import load_recipe
 from sft.run import train
 from sft.sampling.chat import chat_loop
-from sft.sampling.evaluate import evaluate_checkpoint, resolve_target
 from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import SamplerSettings
 from sft.tasks.registry import TASKS
