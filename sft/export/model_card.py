@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from sft.families import FAMILIES
 from sft.hub import hub_name
 
 RUN_FILE = "dlm_run.json"
@@ -180,42 +181,13 @@ def usage(facts: CardFacts) -> list[str]:
             "",
             *sample,
         ]
-    if facts.export_format == "llada":
-        return [
-            "LLaDA's own layout: load it with LLaDA's code (shipped here) and its sampler:",
-            "",
-            "```python",
-            "from transformers import AutoModel, AutoTokenizer",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
-            f'model = AutoModel.from_pretrained("{where}", trust_remote_code=True)',
-            "```",
-            "",
-            *sample,
-        ]
-    lines = ["Load with transformers (bidirectional attention: `is_causal=False`):", ""]
-    if facts.export_format == "dream":
-        lines += [
-            "```python",
-            "from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
-            f'config = Qwen2Config.from_pretrained("{where}")  # Dream is Qwen2 with bidirectional attention',
-            "config.is_causal = False",
-            f'model = Qwen2ForCausalLM.from_pretrained("{where}", config=config)',
-            "```",
-            "",
-            "or with Dream's own code and sampler (`diffusion_generate`):",
-            "",
-            "```python",
-            "from transformers import AutoModel",
-            "",
-            f'model = AutoModel.from_pretrained("{where}", trust_remote_code=True)',
-            "# model.diffusion_generate(input_ids, attention_mask=..., max_new_tokens=256, steps=256)",
-            "```",
-        ]
+    family = FAMILIES.get(facts.export_format or "")
+    if family is not None and family.release_usage is not None:  # the family's own release layout
+        lines = ["Load it in the family's release layout:", "", *family.release_usage(where)]
     else:
-        lines += [
+        lines = [
+            "Load with transformers (bidirectional attention: `is_causal=False`):",
+            "",
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",

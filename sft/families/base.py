@@ -58,6 +58,8 @@ class Family:
     mask_tokens: tuple[str, ...] = (MASK_TOKEN,)  # tried in order when no config names the id
     known_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hub id -> config.json keys
     generation_defaults: dict[str, Any] = field(default_factory=dict)  # generation_config.json extras
+    # checkpoint location -> markdown lines: how to load the release layout (for model cards)
+    release_usage: Callable[[str], list[str]] | None = None
 
 
 @dataclass

@@ -71,6 +71,29 @@ def dream_config(qwen2: dict[str, Any], template: dict[str, Any] | None = None) 
     return config
 
 
+def usage(where: str) -> list[str]:
+    """Model-card lines: load Dream's layout with transformers alone, or with Dream's own code."""
+    return [
+        "```python",
+        "from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'config = Qwen2Config.from_pretrained("{where}")  # Dream is Qwen2 with bidirectional attention',
+        "config.is_causal = False",
+        f'model = Qwen2ForCausalLM.from_pretrained("{where}", config=config)',
+        "```",
+        "",
+        "or with Dream's own code and sampler (`diffusion_generate`):",
+        "",
+        "```python",
+        "from transformers import AutoModel",
+        "",
+        f'model = AutoModel.from_pretrained("{where}", trust_remote_code=True)',
+        "# model.diffusion_generate(input_ids, attention_mask=..., max_new_tokens=256, steps=256)",
+        "```",
+    ]
+
+
 FAMILY = Family(
     name="dream",
     shift=True,
@@ -82,4 +105,5 @@ FAMILY = Family(
     native_config=native_config,
     release_config=dream_config,
     known_configs=KNOWN_CONFIGS,
+    release_usage=usage,
 )

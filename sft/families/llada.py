@@ -285,6 +285,18 @@ def _native_config(config: dict[str, Any], source: str) -> dict[str, Any]:
     return native_config(config, source) if is_llada_layout(config) else dict(config)
 
 
+def usage(where: str) -> list[str]:
+    """Model-card lines: LLaDA's layout loads with LLaDA's own code (shipped with the checkpoint)."""
+    return [
+        "```python",
+        "from transformers import AutoModel, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'model = AutoModel.from_pretrained("{where}", trust_remote_code=True)',
+        "```",
+    ]
+
+
 FAMILY = Family(
     name="llada",
     shift=False,
@@ -300,4 +312,5 @@ FAMILY = Family(
     mask_tokens=(MASK_TOKEN,),
     known_configs=KNOWN_CONFIGS,
     generation_defaults={"block_length": 32, "remasking": "low_confidence"},  # LLaDA's semi-AR sampling
+    release_usage=usage,
 )
