@@ -41,11 +41,11 @@ DATA_RECIPES = {"data/tulu3_smoltalk.yaml": ["eval_fraction=0.25"]}  # tiny data
 
 
 def shipped_recipes() -> list[str]:
-    """Every recipe YAML shipped under recipes/ (accelerate configs are not recipes)."""
+    """Every recipe YAML shipped under recipes/ (accelerate configs and lm-eval tasks are not recipes)."""
     return sorted(
         str(p.relative_to(REPO / "recipes"))
         for p in (REPO / "recipes").rglob("*.yaml")
-        if p.parent.name != "accelerate"
+        if p.parent.name not in ("accelerate", "eval_tasks")
     )
 
 

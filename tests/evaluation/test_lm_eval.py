@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -274,11 +275,15 @@ def test_lm_eval_cli_finds_the_dlm_model_through_the_installed_pth(trained, next
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def lm_eval_cli(with_hook: bool) -> subprocess.CompletedProcess:
-        hook = f"import site; site.addsitedir({str(site_dir)!r}); " if with_hook else ""
+        if with_hook:
+            setup, flags = f"import site; site.addsitedir({str(site_dir)!r}); ", []
+        else:  # -S: site-packages on the path, but none of its .pth files run (an installed dlm-sft's too)
+            paths = [str(REPO), *site.getsitepackages()]
+            setup, flags = f"import sys; sys.path[:0] = {paths!r}; ", ["-S"]
         cli = "from lm_eval.__main__ import cli_evaluate; cli_evaluate()"
-        code = f"{hook}import sys; sys.argv = {argv!r}; {cli}"
+        code = f"{setup}import sys; sys.argv = {argv!r}; {cli}"
         return subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True, timeout=600
         )
 
     run = lm_eval_cli(with_hook=True)
