@@ -16,7 +16,7 @@ import sys
 import time
 
 from sft.errors import UserError
-from sft.sampling.sampler import ALGORITHMS, SamplerSettings
+from sft.sampling.sampler import ALGORITHMS, SAMPLER_OPTIONS, SamplerSettings
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, max_new_tokens: int | None) -> None:
@@ -48,19 +48,6 @@ def add_sampler_options(parser: argparse.ArgumentParser, max_new_tokens: int | N
     )
     group.add_argument("--seed", type=int, default=0, help="seed for temperature > 0 and alg-temp")
     group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-
-
-SAMPLER_OPTIONS = (
-    "steps",
-    "temperature",
-    "top_p",
-    "top_k",
-    "alg",
-    "alg_temp",
-    "eps",
-    "block_length",
-    "threshold",
-)
 
 
 def given_sampler_options(args: argparse.Namespace) -> dict[str, object]:

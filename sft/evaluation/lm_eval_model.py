@@ -34,20 +34,9 @@ from sft.evaluation.likelihood import LikelihoodSettings, elbo_samples, summariz
 from sft.families.base import LoadedModel
 from sft.sampling.chat import stop_token_ids
 from sft.sampling.loading import load_for_sampling
-from sft.sampling.sampler import SamplerSettings, cut_at_stop, diffusion_generate, left_pad
+from sft.sampling.sampler import SAMPLER_OPTIONS, SamplerSettings, cut_at_stop, diffusion_generate, left_pad
 
 DEFAULT_GEN_TOKENS = 256  # lm-eval's own default `max_gen_toks`
-SAMPLER_ARGS = (
-    "steps",
-    "temperature",
-    "top_p",
-    "top_k",
-    "alg",
-    "alg_temp",
-    "eps",
-    "block_length",
-    "threshold",
-)
 
 
 @register_model("dlm")
@@ -74,9 +63,9 @@ class DiffusionLM(TemplateLM):
         super().__init__()
         if (pretrained is None) == (loaded is None):
             raise ValueError("give exactly one of pretrained= (a checkpoint directory) or loaded=")
-        unknown = sorted(set(sampler) - set(SAMPLER_ARGS) - {"max_batch_size"})
+        unknown = sorted(set(sampler) - set(SAMPLER_OPTIONS) - {"max_batch_size"})
         if unknown:
-            raise ValueError(f"unknown dlm model arguments {unknown}; sampler options are {SAMPLER_ARGS}")
+            raise ValueError(f"unknown dlm model arguments {unknown}; sampler options are {SAMPLER_OPTIONS}")
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(
                 f"device {device!r} requested but CUDA is not available; using the CPU", stacklevel=2
@@ -87,7 +76,7 @@ class DiffusionLM(TemplateLM):
         self._device = next(self.loaded.model.parameters()).device
         self.batch_size = int(batch_size) if str(batch_size or "").isdigit() else 1
         self.max_new_tokens = max_new_tokens
-        self.sampler = {k: v for k, v in sampler.items() if k in SAMPLER_ARGS and v is not None}
+        self.sampler = {k: v for k, v in sampler.items() if k in SAMPLER_OPTIONS and v is not None}
         self.likelihood = LikelihoodSettings(mc_samples=int(mc_samples), seed=int(seed), t_min=float(t_min))
         self.seed = int(seed)
         self.greedy_check = greedy_check

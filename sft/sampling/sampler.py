@@ -27,7 +27,7 @@ shifted for Dream/AR-initialised families (position i-1 predicts token i).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -63,6 +63,10 @@ class SamplerSettings:
     def check(self) -> None:
         """Raise ValueError for settings the sampler cannot run."""
         check_settings(**self.kwargs())
+
+
+SAMPLER_OPTIONS = tuple(f.name for f in fields(SamplerSettings) if f.name != "max_new_tokens")
+"""The sampler's options other than the canvas length (CLI flags, lm-eval `--model_args`, presets)."""
 
 
 def check_settings(
