@@ -138,6 +138,13 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
     lora = (
         None if lora_raw is None else build_dataclass(LoraSettings, _section(raw, "lora", file), "lora", file)
     )
+    if lora is not None and isinstance(lora.target_modules, list) and "lm_head" in lora.target_modules:
+        raise UserError(
+            "an adapter on the LM head cannot be trained (the loss fuses the head's own weight)",
+            file=file,
+            key="lora.target_modules",
+            expected="lora.modules_to_save: [lm_head] to train the head in full",
+        )
     training = _build_training(_section(raw, "training", file), _section(raw, "diffusion", file), file)
     _check_model_and_data(model, data, file)
     if data.batching == "pack" and training.eos_tail in ("all", "one"):

@@ -13,6 +13,7 @@ from sft import objective
 from sft.attention import attention_inputs
 from sft.collate import DiffusionCollator
 from sft.config import ModelSettings
+from sft.errors import UserError
 from sft.families.loader import load_model
 from sft.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
@@ -140,7 +141,10 @@ def test_lora_with_the_head_in_modules_to_save_trains_its_copy(qwen2_dir, tmp_pa
     assert any("lm_head.modules_to_save" in name for name in fused[1])
 
 
-def test_lora_adapters_on_the_head_itself_are_refused(qwen2_dir, tmp_path):
-    # the fused head reads the head's weight, so an adapter there would be ignored: TRL refuses it
-    with pytest.raises(ValueError, match="PEFT adapter to `lm_head` is not supported"):
+def test_lora_adapters_on_the_head_itself_are_refused_in_one_line(qwen2_dir, tmp_path):
+    # the fused head reads the head's weight, so an adapter there would be ignored
+    with pytest.raises(UserError) as err:
         make_trainer(qwen2_dir, tmp_path, lora={"target_modules": ["q_proj", "lm_head"]})
+    line = err.value.line()
+    assert "lora.target_modules: an adapter on the LM head cannot be trained" in line
+    assert "lora.modules_to_save: [lm_head]" in line and "\n" not in line
