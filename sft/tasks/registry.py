@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft.tasks import countdown, sort_digits, sudoku
-from sft.tasks.common import distinct_rows, is_held_out, write_rows
+from sft.tasks.common import Problem, distinct_rows, is_held_out, write_rows
 
 Rows = Callable[[int, int, str, set[str] | None, Callable[[str, str], bool] | None], list[dict]]
 """(count, seed, level, prompts to exclude, accept(prompt, answer)) -> rows."""
@@ -53,17 +53,9 @@ def _sort_rows(
     return sort_digits.make_rows(count, seed, low, high, exclude=exclude)
 
 
-def _countdown_rows(
-    count: int,
-    seed: int,
-    level: str,
-    exclude: set[str] | None,
-    accept: Callable[[str, str], bool] | None = None,
-) -> list[dict]:
-    return distinct_rows(countdown.problem(level), countdown.SOURCE, count, seed, exclude, accept)
+def _drawn_rows(problem_at: Callable[[str], Problem], source: str) -> Rows:
+    """Rows of distinct problems drawn from `problem_at(level)`."""
 
-
-def _sudoku_rows(size: int) -> Rows:
     def rows(
         count: int,
         seed: int,
@@ -71,7 +63,7 @@ def _sudoku_rows(size: int) -> Rows:
         exclude: set[str] | None,
         accept: Callable[[str, str], bool] | None = None,
     ) -> list[dict]:
-        return distinct_rows(sudoku.problem(size, level), sudoku.SOURCES[size], count, seed, exclude, accept)
+        return distinct_rows(problem_at(level), source, count, seed, exclude, accept)
 
     return rows
 
@@ -88,9 +80,27 @@ TASKS: dict[str, Task] = {
     task.source: task
     for task in (
         Task(sort_digits.SOURCE, tuple(SORT_LEVELS), sort_digits.score, _sort_rows),
-        Task(countdown.SOURCE, tuple(countdown.LEVELS), countdown.score, _countdown_rows, _countdown_target),
-        Task(sudoku.SOURCES[4], tuple(sudoku.LEVELS[4]), sudoku.score, _sudoku_rows(4), _sudoku_solution),
-        Task(sudoku.SOURCES[9], tuple(sudoku.LEVELS[9]), sudoku.score, _sudoku_rows(9), _sudoku_solution),
+        Task(
+            countdown.SOURCE,
+            tuple(countdown.LEVELS),
+            countdown.score,
+            _drawn_rows(countdown.problem, countdown.SOURCE),
+            _countdown_target,
+        ),
+        Task(
+            sudoku.SOURCES[4],
+            tuple(sudoku.LEVELS[4]),
+            sudoku.score,
+            _drawn_rows(lambda level: sudoku.problem(4, level), sudoku.SOURCES[4]),
+            _sudoku_solution,
+        ),
+        Task(
+            sudoku.SOURCES[9],
+            tuple(sudoku.LEVELS[9]),
+            sudoku.score,
+            _drawn_rows(lambda level: sudoku.problem(9, level), sudoku.SOURCES[9]),
+            _sudoku_solution,
+        ),
     )
 }
 
