@@ -14,7 +14,7 @@ c  MFU of a Qwen2.5-0.5B-shaped diffusion LM (hidden 896, 24 layers, vocab 151,9
 d  peak GPU memory of (c) against `dlm-sft plan`'s estimate (`sft/planning/memory.py`) for the same
    shape, batch and settings
 e  two optimizer steps each of LoRA and of full fine-tuning of a tiny Dream-layout checkpoint through
-   `dlm-sft train`'s code (`sft.run.train`), bf16, activation checkpointing on
+   `dlm-sft train`'s code (`sft.training.run.train`), bf16, activation checkpointing on
 
 Model FLOPs per step (c) = 6·(non-embedding parameters)·tokens + 6·hidden·vocab·(masked tokens)
 + 12·layers·hidden·Σ_documents length² (bidirectional attention within each document).
@@ -40,15 +40,15 @@ import transformers
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import is_flash_attn_2_available
 
-from sft.attention import attention_inputs
-from sft.collate import DiffusionCollator, pack_examples
 from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings, RunConfig
+from sft.data.collate import DiffusionCollator, pack_examples
 from sft.planning.memory import estimate_memory
 from sft.planning.shapes import shape_from_config
 from sft.recipe import build_run_config
-from sft.run import train
 from sft.tasks.sort_digits import make_rows
-from sft.trainer import DiffusionSFTTrainer
+from sft.training.attention import attention_inputs
+from sft.training.run import train
+from sft.training.trainer import DiffusionSFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_MODEL = ROOT / "recipes" / "quickstart" / "model"

@@ -5,7 +5,7 @@ system turns, multi-turn chats, long-tailed lengths, ~1% malformed rows), tokeni
 vocabulary (`synthetic_chat.build_qwen_tokenizer`) with the NFC normalizer Qwen2.5's tokenizer.json
 has. Over the same rows:
 
-- train side: `sft.data.tokenize_dataset` end to end (read the rows, render prompt and
+- train side: `sft.data.tokenization.tokenize_dataset` end to end (read the rows, render prompt and
   conversation, encode, find prompt lengths, apply the length policy, write and reload the cache),
   one process, on a fresh cache directory each time;
 - encode only: the tokenizer backend's `encode_batch_fast` (ids only, no offsets) on the rendered
@@ -44,7 +44,9 @@ from tokenizers import normalizers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from sft.config import DataSettings  # noqa: E402
-from sft.data import load_chat_rows, to_messages, tokenize_dataset  # noqa: E402
+from sft.data.rows import to_messages  # noqa: E402
+from sft.data.sources import load_chat_rows  # noqa: E402
+from sft.data.tokenization import tokenize_dataset  # noqa: E402
 
 BATCH = 1000
 

@@ -55,14 +55,15 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic_chat import Texts, build_qwen_tokenizer, conversation, word_pool  # noqa: E402
 
-from sft import objective, prediction_head  # noqa: E402
-from sft.attention import attention_inputs  # noqa: E402
-from sft.collate import DiffusionCollator, pack_examples  # noqa: E402
 from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings  # noqa: E402
-from sft.data import load_chat_rows, tokenize_dataset  # noqa: E402
+from sft.data.collate import DiffusionCollator, pack_examples  # noqa: E402
+from sft.data.sources import load_chat_rows  # noqa: E402
+from sft.data.tokenization import tokenize_dataset  # noqa: E402
 from sft.families.loader import load_model  # noqa: E402
-from sft.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
-from sft.trainer import DiffusionSFTTrainer  # noqa: E402
+from sft.loss import objective, prediction_head  # noqa: E402
+from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
+from sft.training.attention import attention_inputs  # noqa: E402
+from sft.training.trainer import DiffusionSFTTrainer  # noqa: E402
 
 VOCAB = 152064
 

@@ -3,7 +3,7 @@
 A source is a local file, a glob, a directory in the hub's layout (`data/<config>/<split>-*.parquet`
 or `data/<split>-*.parquet`), or a hub id (`config`, `split`, `revision` as `datasets.load_dataset`
 takes them; read from the hub cache when cached, `sft.hub`) as memory-mapped Arrow. Local files
-are read by `sft.chat_files` and every row is checked by `sft.chat_rows` (the same reader and check
+are read by `sft.data.files` and every row is checked by `sft.data.rows` (the same reader and check
 `dlm-sft train` uses). An unreadable file is a `UserError`; a bad row is never an exception: it
 becomes a malformed detail that the pipeline counts.
 """
@@ -22,8 +22,8 @@ import xxhash
 
 from data_prep.recipe import SourceSpec
 from sft import hub
-from sft.chat_files import SUFFIXES, RawBatch, file_batches
-from sft.chat_rows import BadRow, RowProblem, conversation, is_valid_text
+from sft.data.files import SUFFIXES, RawBatch, file_batches
+from sft.data.rows import BadRow, RowProblem, conversation, is_valid_text
 from sft.errors import UserError
 from sft.hub import DatasetRef
 

@@ -29,7 +29,7 @@ class DiffusionSFTConfig(SFTConfig):
     is the diffusion loss.
     `bf16` defaults to True only when a CUDA device is present (TRL's default assumes a GPU).
 
-    Diffusion fields (the recipe's `diffusion:` section; see `sft/objective.py` for the math):
+    Diffusion fields (the recipe's `diffusion:` section; see `sft/loss/objective.py` for the math):
 
     t_min (`float`, defaults to 1e-3):
         Per-sequence time t = t_min + (1 - t_min)·u, u ~ U[0, 1). 0 reproduces Dream; 1e-3 is

@@ -4,7 +4,7 @@ Reads the Trainer's `log_history` from `trainer_state.json` (the newest complete
 the run directory itself) and `dlm_run.json` when the run finished; plots loss, eval loss and
 learning rate against the optimizer step into `RUN_DIR/report.png` (matplotlib, Agg) and returns a
 short summary: steps, tokens seen, best eval loss, throughput. When the run has benchmark results
-(`dlm-sft eval RUN_DIR --tasks ...` writes them to `RUN_DIR/eval/`, see `sft.eval_results`),
+(`dlm-sft eval RUN_DIR --tasks ...` writes them to `RUN_DIR/eval/`, see `sft.evaluation.results`),
 the summary lists every file's metrics and the PNG gets a third panel with the newest file's.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import UserError
-from sft.eval_results import metric_lines, metrics, results_files
-from sft.run import complete_checkpoints
+from sft.evaluation.results import metric_lines, metrics, results_files
+from sft.training.checkpoints import complete_checkpoints
 
 
 @dataclass

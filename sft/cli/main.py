@@ -157,7 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.accelerate is not None or args.num_processes is not None or args.print_launch:
         return _launch(args)
     if args.dry_run or args.tokenize_only:
-        from sft.run import data_summary, describe, prepare_data
+        from sft.data.splits import data_summary, prepare_data
+        from sft.training.run import describe
 
         data = prepare_data(config)
         if args.dry_run:
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{name} tokenized into {split.cache}")
         return 0
     refuse_data_parallel(config)
-    from sft.run import train
+    from sft.training.run import train
 
     train(config)
     print(f"saved to {config.training.output_dir}")

@@ -11,9 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sft.config import RunConfig
+from sft.data.splits import prepare_data
 from sft.evaluation.bundled import exact_match
-from sft.run import build_model, build_trainer, prepare_data, save_run
 from sft.tasks import sort_digits
+from sft.training.records import save_run
+from sft.training.run import build_model, build_trainer
 
 DEFAULT_RECIPE = "recipes/quickstart/sort_digits.yaml"
 ANSWER_TOKENS = 12  # the longest answer (8 digits) + <|im_end|>, newline and EOS, with room

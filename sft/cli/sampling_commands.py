@@ -201,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.ar_baseline:
-        from sft.sampling.ar_baseline import ar_accuracy, train_ar_baseline
+        from sft.evaluation.ar_baseline import ar_accuracy, train_ar_baseline
 
         baseline = train_ar_baseline(target.recipe, args.ar_max_steps)
         print(
@@ -231,7 +231,7 @@ def run_harness_eval(args: argparse.Namespace) -> int:
         raise UserError(
             "lm-eval is not installed", key="--tasks", expected="pip install 'dlm-sft[eval]'"
         ) from None
-    from sft.eval_results import default_output, metric_lines, write_results
+    from sft.evaluation.results import default_output, metric_lines, write_results
     from sft.sampling.loading import load_for_sampling
 
     overrides = given_sampler_options(args)

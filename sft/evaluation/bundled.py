@@ -18,14 +18,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import DataSettings, DiffusionSFTConfig, RunConfig
-from sft.data import load_chat_rows, tokenize_dataset, usable_rows
+from sft.data.rows import usable_rows
+from sft.data.sources import load_chat_rows
+from sft.data.tokenization import tokenize_dataset
 from sft.errors import UserError
 from sft.families.base import LoadedModel
 from sft.recipe import load_recipe
 from sft.sampling.chat import generate_replies, stop_token_ids
 from sft.sampling.sampler import SamplerSettings
 from sft.tasks.registry import task_for_source
-from sft.trainer import DiffusionSFTTrainer
+from sft.training.trainer import DiffusionSFTTrainer
 
 __all__ = ["exact_match", "stop_token_ids", "evaluate_checkpoint", "EvalReport"]
 

@@ -8,7 +8,7 @@ results are merged into one lm-eval results JSON (`results`, `n-shot`, `configs`
 settings, `config.dlm.elbo` the likelihood estimator's spread.
 
 Explicit command-line settings override the preset's for every task. Writing and reading the
-results files is `sft/eval_results.py`'s (core: `dlm-sft report` reads them).
+results files is `sft/evaluation/results.py`'s (core: `dlm-sft report` reads them).
 """
 
 from __future__ import annotations

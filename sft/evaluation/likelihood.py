@@ -7,7 +7,7 @@ with the training objective's evidence lower bound, estimated by Monte Carlo:
 
 Each of `n` samples draws a time t and masks every continuation token with probability t (the
 context is never masked), then adds up the weighted log-probabilities of the masked tokens. The
-pieces are the training objective's own (`sft.objective`): `grid_t` spreads the n times evenly
+pieces are the training objective's own (`sft.loss.objective`): `grid_t` spreads the n times evenly
 over [t_min, 1] (stratified, as Dream's evaluation spreads its batch over U[0, 1]),
 `example_keys`/`token_uniforms`/`mask_tokens` draw the masks, `token_weights("inv_t")` weights
 them, `prediction_source` applies the shift. The noise is counter-based on (seed, sample index,
@@ -27,8 +27,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from sft import objective
-from sft.prediction_head import head_loss
+from sft.loss import objective
+from sft.loss.prediction_head import head_loss
 from sft.sampling.sampler import left_pad
 
 
@@ -128,7 +128,7 @@ def masked_weighted_ce(
     """Per row of the batch, Σ weight · CE(head(hidden at `positions`), target), float64 on the CPU.
 
     The backbone runs once; the LM head only at the N positions, through the trainer's own fused
-    head loss (`sft.prediction_head.head_loss`), one row at a time. (LoRA layers live inside the
+    head loss (`sft.loss.prediction_head.head_loss`), one row at a time. (LoRA layers live inside the
     base model's modules, so the base's decoder and head are the adapted ones.)"""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     hidden = base.get_decoder()(

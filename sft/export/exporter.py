@@ -30,13 +30,13 @@ from transformers import AutoConfig
 
 from sft import hub
 from sft.errors import UserError
-from sft.export import model_card
 from sft.export.adapters import LoraMerger, choose_adapter, read_adapter_config
 from sft.export.shards import ShardWriter
 from sft.families import FAMILIES
 from sft.families.base import FAMILY_KEY, load_tokenizer_dir, read_config
 from sft.families.loader import mask_token_from_vocabulary, native_config, release_family
 from sft.families.weights import iter_shards, tensor_names
+from sft.training import model_card
 from sft.validation import first_line
 
 Layout = str  # "native" or the name of a family with a release layout

@@ -1,5 +1,5 @@
 """Data size for planning: examples, tokens and packed rows of one epoch, counted from the tokenized
-data when the data and tokenizer are on disk (`sft.run.prepare_data`, cached), else from the data
+data when the data and tokenizer are on disk (`sft.data.splits.prepare_data`, cached), else from the data
 recipe's documented counts (for `recipes/data/*.yaml` outputs; the mean tokens per example is then an
 *assumption* and labelled so)."""
 
@@ -12,10 +12,10 @@ import yaml
 
 from sft import hub
 from sft.config import RunConfig
-from sft.data import load_chat_rows
+from sft.data.sources import load_chat_rows
+from sft.data.splits import prepare_data
 from sft.errors import UserError
 from sft.recipe import shipped_recipes
-from sft.run import prepare_data
 
 DATA_RECIPES = shipped_recipes() / "data"
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from sft.config import RunConfig
 from sft.errors import UserError
-from sft.linear_cross_entropy import HEAD_CHUNK_TOKENS
+from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS
 from sft.planning.shapes import ModelShape
 
 ENGINES = ("ddp", "fsdp", "zero2", "zero3")

@@ -14,7 +14,7 @@ from sft.errors import UserError
 from sft.planning.data_size import DataSize, data_size, paths_of
 from sft.planning.memory import MemoryEstimate, estimate_memory
 from sft.planning.shapes import ModelShape, model_shape
-from sft.run import optimizer_steps
+from sft.training.steps import optimizer_steps
 
 GIB = 1024**3
 HEADROOM = 0.9  # the share of a GPU's memory a run may plan to use

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from sft.objective import shift_logits
+from sft.loss.objective import shift_logits
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from sft.recipe import build_run_config
-from sft.run import build_trainer
+from sft.training.run import build_trainer
 from tests.conftest import recipe_dict
 
 NAN_STEP = 1

@@ -18,7 +18,7 @@ from transformers import Qwen2ForCausalLM
 from sft.cli import main
 from sft.cli.launch import CONFIG_DIR, ENGINES, gpu_count, launch_command
 from sft.recipe import build_run_config
-from sft.run import train
+from sft.training.run import train
 from tests.conftest import REPO, recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 
 STEPS = 3
@@ -272,7 +272,7 @@ def test_deepspeed_on_two_cpu_processes_gives_the_losses_and_weights_of_one_proc
     wide_model_run, tmp_path, engine
 ):
     """The shipped ZeRO config launched with `accelerate launch` on 2 CPU processes. Under ZeRO-3
-    the LM head is partitioned, gathered by sft/engine_gather.py and released after its backward;
+    the LM head is partitioned, gathered by sft/loss/engine_gather.py and released after its backward;
     the final save gathers the 16-bit weights into model.safetensors."""
     model_dir, data, one = wide_model_run
     recipe = tmp_path / "two.yaml"
@@ -296,7 +296,7 @@ def test_zero3_gathers_the_lm_head_once_per_micro_batch_whatever_its_chunks(wide
     partitioned head per micro-batch on every rank, though each micro-batch spans several head
     chunks. (A head fetched per chunk by ZeRO-3's module hooks is gathered again and again; when
     two ranks' micro-batches have different numbers of chunks their collectives no longer match and
-    the run dies: seen with the chunked head before sft/engine_gather.py.)"""
+    the run dies: seen with the chunked head before sft/loss/engine_gather.py.)"""
     model_dir, data, _ = wide_model_run
     raw = equivalence_recipe(model_dir, data, tmp_path, 4)
     # no checkpoint: saving gathers every parameter once more

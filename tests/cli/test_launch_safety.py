@@ -10,7 +10,8 @@ from transformers.training_args import ParallelMode
 
 from sft.cli import main
 from sft.config import DataSettings
-from sft.data import cache_key, load_chat_rows
+from sft.data.cache import cache_key
+from sft.data.sources import load_chat_rows
 from tests.conftest import REPO, recipe_dict
 
 

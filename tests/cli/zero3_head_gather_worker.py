@@ -25,10 +25,10 @@ import yaml
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from transformers import TrainerCallback
 
-import sft.trainer
-from sft.prediction_head import enable_prediction_positions
+import sft.training.trainer
+from sft.loss.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
-from sft.run import build_trainer
+from sft.training.run import build_trainer
 
 CHUNK = 8
 
@@ -70,7 +70,9 @@ class CountOnceSharded(TrainerCallback):
 
 def main(recipe: str) -> None:
     raw = yaml.safe_load(Path(recipe).read_text())
-    sft.trainer.enable_prediction_positions = functools.partial(enable_prediction_positions, chunk_size=CHUNK)
+    sft.training.trainer.enable_prediction_positions = functools.partial(
+        enable_prediction_positions, chunk_size=CHUNK
+    )
     trainer = build_trainer(build_run_config(raw))
     counts: Counter = Counter()
     trainer.add_callback(CountOnceSharded(counts))

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sft.chat_rows import MAX_ROW_CHARS
 from sft.cli import main
+from sft.data.rows import MAX_ROW_CHARS
 from tests.conftest import recipe_dict, sort_rows
 from tests.data_prep_fixtures import write_recipe
 

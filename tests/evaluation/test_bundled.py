@@ -13,11 +13,11 @@ import yaml
 from sft.cli import main
 from sft.evaluation.bundled import evaluate_checkpoint, resolve_target
 from sft.recipe import load_recipe
-from sft.run import train
 from sft.sampling.chat import chat_loop
 from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import SamplerSettings
 from sft.tasks.registry import TASKS
+from sft.training.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "recipes" / "quickstart"

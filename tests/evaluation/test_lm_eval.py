@@ -20,10 +20,10 @@ from transformers import AutoTokenizer
 from sft.cli import main
 from sft.evaluation.lm_eval_model import DiffusionLM, cut_at_strings
 from sft.recipe import build_run_config
-from sft.run import train
 from sft.sampling.chat import stop_token_ids
 from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import cut_at_stop, diffusion_generate, left_pad
+from sft.training.run import train
 from tests.conftest import QUICKSTART_MODEL, tiny_qwen2_config, write_chat_rows
 
 REPO = Path(__file__).resolve().parents[2]

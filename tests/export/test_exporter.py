@@ -19,7 +19,7 @@ from sft.export.exporter import export_checkpoint
 from sft.families.loader import load_model
 from sft.families.weights import INDEX_FILE, tensor_names
 from sft.recipe import build_run_config
-from sft.run import train
+from sft.training.run import train
 from tests.conftest import REPO, recipe_dict, sort_rows, write_chat_rows
 from tests.format_fixtures import write_dream_dir, write_llada_dir
 

@@ -1,4 +1,4 @@
-"""Model cards of runs, checkpoints and exports describe a masked diffusion LM (sft/export/model_card.py),
+"""Model cards of runs, checkpoints and exports describe a masked diffusion LM (sft/training/model_card.py),
 their usage snippet loads the export with transformers, and `export --push-to-hub` uploads it.
 
 A Dream LoRA run from the hub id, on a hub dataset, through the stand-in hub cache (offline); the push

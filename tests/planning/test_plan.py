@@ -12,11 +12,12 @@ import textwrap
 import pytest
 
 from sft.cli import main
+from sft.data.splits import prepare_data
 from sft.export.shards import parse_size
 from sft.planning.plan import GIB, make_plan
 from sft.planning.shapes import model_shape
 from sft.recipe import build_run_config, load_recipe
-from sft.run import prepare_data
+from sft.training.steps import run_steps
 from tests.conftest import REPO, recipe_dict
 from tests.format_fixtures import write_llada_dir
 
@@ -69,7 +70,7 @@ def test_plan_counts_tokenized_data_when_it_is_on_disk(qwen2_dir, chat_file, tmp
     config = build_run_config(recipe_dict(qwen2_dir, chat_file, tmp_path / "run", max_steps=-1))
     plan = make_plan(config)
     assert plan.data.source == "tokenized" and plan.data.examples == 48 and not plan.data.assumed
-    assert plan.steps() == prepare_data(config).steps(config) == (6, 18)  # 48 / batch 8, 3 epochs
+    assert plan.steps() == run_steps(config, prepare_data(config)) == (6, 18)  # 48 / batch 8, 3 epochs
     assert "train examples: 48" in plan.render()
 
 
@@ -91,7 +92,8 @@ MEASURE = textwrap.dedent(
     from tests.conftest import QUICKSTART_MODEL, recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
     from sft.planning.plan import make_plan
     from sft.recipe import build_run_config
-    from sft.run import build_trainer, prepare_data
+    from sft.training.run import build_trainer
+    from sft.data.splits import prepare_data
 
     root = Path(sys.argv[1])
     tokenizer = AutoTokenizer.from_pretrained(QUICKSTART_MODEL)

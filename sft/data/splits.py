@@ -1,0 +1,94 @@
+"""The tokenized splits of one run: the family's tokenizer, the train and eval examples, and
+their accounting. Needs only the tokenizer (it is what `--dry-run` runs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from sft.config import RunConfig
+from sft.data.collate import DiffusionCollator, pack_examples
+from sft.data.sources import load_chat_rows
+from sft.data.tokenization import TokenizedData, tokenize_dataset
+from sft.errors import UserError
+from sft.families.base import Family
+from sft.families.loader import load_family_tokenizer
+
+
+@dataclass
+class PreparedData:
+    family: Family
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_id: int
+    train: TokenizedData
+    eval: TokenizedData | None
+
+    def batch_rows(self, config: RunConfig) -> int:
+        """Rows of the training set as batched: examples, or packed rows with `batching: pack`."""
+        if config.data.batching != "pack":
+            return len(self.train.dataset)
+        collator = DiffusionCollator.from_args(config.training, self.eos_token_id, config.data.max_length)
+        return len(pack_examples(self.train.dataset, collator))
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Tokenize the splits. Under a launcher only the global rank 0 (the `RANK` it sets, counted
+    across all nodes) tokenizes; every other rank waits for that cache
+    (`sft.data.tokenization.tokenize_dataset`)."""
+    family, tokenizer, eos_id = load_family_tokenizer(config.model, config.training.chat_template_path)
+    if not tokenizer.chat_template:
+        raise UserError(
+            "the tokenizer has no chat template to render the conversations with",
+            file=config.model.tokenizer or config.model.name_or_path,
+            key="model.tokenizer" if config.model.tokenizer else "model.name_or_path",
+            expected="'chat_template' in tokenizer_config.json, chat_template.jinja, "
+            "or training.chat_template_path",
+        )
+    build = int(os.environ.get("RANK", "0")) == 0
+
+    def tokenized(paths: Any, key: str) -> TokenizedData:
+        data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id, build=build)
+        if len(data.dataset) == 0:
+            if build and data.cache is not None:  # an empty cache is never kept
+                shutil.rmtree(data.cache, ignore_errors=True)
+            raise UserError(
+                f"no examples to train on in {paths if isinstance(paths, str) else ', '.join(paths)}: "
+                + split_summary(data),
+                file=config.source,
+                key=key,
+                expected="rows with a user turn and an assistant reply that fit data.max_length",
+            )
+        return data
+
+    return PreparedData(
+        family,
+        tokenizer,
+        eos_id,
+        tokenized(config.data.train, "data.train"),
+        tokenized(config.data.eval, "data.eval") if config.data.eval else None,
+    )
+
+
+def split_summary(split: TokenizedData) -> str:
+    """`kept of total (truncated t; dropped d: reason=n, ...)`: total = kept + dropped, where each
+    row counts once (with `multi_turn: all`, once per assistant turn)."""
+    dropped = split.dropped
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
+    total = sum(split.counts.values())
+    truncated = split.counts.get("truncated", 0)
+    return f"{len(split.dataset)} of {total} (truncated {truncated}; dropped {sum(dropped.values())}" + (
+        f": {reasons})" if reasons else ")"
+    )
+
+
+def data_summary(data: PreparedData) -> list[str]:
+    """One line per split: examples kept of those read, truncated, and dropped by reason."""
+    return [
+        f"{name} examples: {split_summary(split)}"
+        for name, split in (("train", data.train), ("eval", data.eval))
+        if split is not None
+    ]

@@ -1,0 +1,275 @@
+"""The masked-diffusion SFT objective, as small pure-torch functions (SPEC §2).
+
+One training example (a *document*) is `prompt + response (+ EOS tail)`. Per document a time `t`
+is drawn; every *maskable* token (response and supervised EOS tail, never the prompt) is replaced
+by the mask token with probability `t`; the model predicts the clean token at each masked
+position; the loss is a weighted cross-entropy over masked positions only, normalised over the
+global batch:
+
+    loss = Σ_docs scale_d · Σ_{j masked in d} w_j · CE(logits at src(j), x_j)  /  denominator
+
+    t_d    = t_min + (1 - t_min) · u_d              u_d ~ U[0, 1)
+    masked = maskable ∧ (u_j < t_d)
+    src(j) = j - 1 (shift, Dream / AR-initialised; 0 for j = 0)  or  j (LLaDA)
+    w_j    = 1/t (inv_t) | 1 - t (linear) | 1 (uniform) | CART(clean, p)_j (cart)
+             × EOS-tail factor (policy `one`: 1 / #masked tail tokens of the document)
+
+A batch is rows of tokens; each token belongs to a document (`doc_ids`, -1 for padding) at a
+position within it (`positions`). A padded batch has one document per row, a packed batch several:
+every function here works per document, so packing never changes an example's loss.
+
+Randomness is *counter-based*: every random number is a hash of (seed, step, example id,
+position), so an example's noise never depends on how its global batch is split across
+gradient-accumulation micro-batches, data-parallel ranks, padding or packing. Nothing here knows
+about models, trainers or files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Weighting = Literal["inv_t", "linear", "uniform", "cart"]
+Normalization = Literal["supervised", "sequence"]
+
+_MASK32 = 0xFFFFFFFF
+_T_STREAM = _MASK32  # hash key of a document's `t` draw; token positions never reach it
+
+
+# --------------------------------------------------------------------------- counter-based noise
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2^32; no product overflows int64)."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def _combine(h: torch.Tensor, key: torch.Tensor | int) -> torch.Tensor:
+    """Hash `key` into the running hash `h` (broadcasting)."""
+    return _mix32((h * 0x01000193 + (torch.as_tensor(key, device=h.device) & _MASK32)) & _MASK32)
+
+
+def _to_unit(h: torch.Tensor) -> torch.Tensor:
+    """Map 32-bit hashes to float32 uniforms in [0, 1) with 24 bits of resolution."""
+    return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+def example_keys(seed: int, step: int, example_ids: torch.Tensor) -> torch.Tensor:
+    """One random key per example: hash(seed, step, example id). Same shape as `example_ids`."""
+    h = _mix32(torch.full_like(example_ids, seed & _MASK32, dtype=torch.int64))
+    return _combine(_combine(h, step), example_ids.to(torch.int64))
+
+
+def sample_t(keys: torch.Tensor, t_min: float) -> torch.Tensor:
+    """Per-example time t = t_min + (1 - t_min)·u, u ~ U[0, 1). t_min = 0 reproduces Dream."""
+    return t_min + (1.0 - t_min) * _to_unit(_combine(keys, _T_STREAM))
+
+
+def grid_t(example_ids: torch.Tensor, grid_size: int, t_min: float) -> torch.Tensor:
+    """Deterministic eval times: example k gets the midpoint of cell (k mod grid_size) of [t_min, 1]."""
+    cell = (example_ids.to(torch.int64) % grid_size).to(torch.float32)
+    return t_min + (1.0 - t_min) * (cell + 0.5) / grid_size
+
+
+def token_uniforms(token_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) per token from its example's key and its position *within the example* (elementwise)."""
+    return _to_unit(_combine(token_keys, positions.to(torch.int64)))
+
+
+# --------------------------------------------------------------------------- masking and shift
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    t: torch.Tensor,
+    uniforms: torch.Tensor,
+    mask_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask each maskable token with probability `t` (per token, (B, L)). Returns (noisy ids, masked)."""
+    masked = maskable & (uniforms < t)
+    return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
+
+
+def shift_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Align logits with targets for shifted models: out[:, i] = logits[:, i-1], out[:, 0] = logits[:, 0]."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def prediction_source(target_cols: torch.Tensor, target_positions: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Column whose output predicts the token at `target_cols`: i-1 when shifted, except at the
+    first token of a document (position 0), which predicts itself as in Dream."""
+    if not shift:
+        return target_cols
+    return torch.where(target_positions > 0, target_cols - 1, target_cols)
+
+
+# --------------------------------------------------------------------------- weights
+def cart_weights(clean: torch.Tensor, p: float) -> torch.Tensor:
+    """Dream's context-adaptive token weights (CART) for one document per row.
+
+    w_j = Σ_{i clean, i≠j} ½·p·(1-p)^{|i-j|-1} at every position j that is not clean; 0 where clean.
+    `clean` is a (B, L) bool tensor (prompt, unmasked response and unmasked EOS tail; never padding).
+
+    The sum is two one-sided geometric convolutions of the clean indicator (left and right
+    context), done with FFTs in float64: O(L log L) time and O(L) memory, never an L×L matrix.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"cart p must be in (0, 1], got {p}")
+    length = clean.shape[1]
+    c = clean.to(torch.float64)
+    lags = torch.arange(length, dtype=torch.float64, device=clean.device)
+    kernel = torch.where(lags > 0, (1.0 - p) ** (lags - 1), torch.zeros_like(lags))  # r^(m-1)
+    n = 2 * length
+    spectrum = torch.fft.rfft(kernel, n=n)
+
+    def one_sided(x: torch.Tensor) -> torch.Tensor:  # Σ_{i<j} x_i r^(j-i-1)
+        return torch.fft.irfft(torch.fft.rfft(x, n=n) * spectrum, n=n)[:, :length]
+
+    both = one_sided(c) + one_sided(c.flip(1)).flip(1)
+    weights = (0.5 * p * both).clamp(min=0.0).to(torch.float32)
+    return torch.where(clean, torch.zeros_like(weights), weights)
+
+
+def per_document(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    values: torch.Tensor,
+    doc_ids: torch.Tensor,
+    positions: torch.Tensor,
+    n_docs: int,
+) -> torch.Tensor:
+    """Apply a row-wise `fn` to each document alone: scatter tokens into a (documents, length)
+    matrix (padded with False), apply `fn`, gather the results back to the tokens' places."""
+    real = doc_ids >= 0
+    docs = torch.zeros(
+        n_docs, int(positions[real].max()) + 1 if real.any() else 1, dtype=values.dtype, device=values.device
+    )
+    docs[doc_ids[real], positions[real]] = values[real]
+    out = torch.zeros(values.shape, dtype=torch.float32, device=values.device)
+    out[real] = fn(docs)[doc_ids[real], positions[real]]
+    return out
+
+
+def token_weights(
+    weighting: Weighting,
+    t: torch.Tensor,
+    clean: torch.Tensor,
+    doc_ids: torch.Tensor,
+    positions: torch.Tensor,
+    n_docs: int,
+    cart_p: float = 0.1,
+) -> torch.Tensor:
+    """Per-token loss weight (B, L) for the scheme; `t` is per token. Only masked positions are used."""
+    if weighting == "cart":
+        return per_document(lambda c: cart_weights(c, cart_p), clean, doc_ids, positions, n_docs)
+    per_token = {"inv_t": lambda: 1.0 / t, "linear": lambda: 1.0 - t, "uniform": lambda: torch.ones_like(t)}
+    if weighting not in per_token:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of inv_t, linear, uniform, cart")
+    return per_token[weighting]().to(torch.float32)
+
+
+def eos_tail_factor(
+    masked: torch.Tensor, tail: torch.Tensor, doc_ids: torch.Tensor, n_docs: int, tail_as_one: bool
+) -> torch.Tensor:
+    """Extra factor on EOS-tail tokens: with `tail_as_one` the masked tail tokens of a document share
+    one token's weight (each gets 1 / #masked tail tokens); otherwise every factor is 1."""
+    ones = torch.ones(masked.shape, dtype=torch.float32, device=masked.device)
+    if not tail_as_one:
+        return ones
+    masked_tail = masked & tail
+    counts = torch.zeros(n_docs, dtype=torch.float32, device=masked.device)
+    counts.index_add_(0, doc_ids[masked_tail], torch.ones_like(doc_ids[masked_tail], dtype=torch.float32))
+    per_token = counts.clamp(min=1.0)[doc_ids.clamp(min=0)]
+    return torch.where(tail, 1.0 / per_token, ones)
+
+
+# --------------------------------------------------------------------------- loss
+def doc_loss_scale(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Per-document factor on its summed token losses: 1 (÷ global supervised tokens) or
+    1 / its supervised tokens (LLaDA: per-sequence mean, then mean over the global batch)."""
+    if normalization == "supervised":
+        return torch.ones_like(supervised, dtype=torch.float32)
+    if normalization == "sequence":
+        return 1.0 / supervised.to(torch.float32).clamp(min=1.0)
+    raise ValueError(f"unknown normalization {normalization!r}; expected supervised or sequence")
+
+
+def doc_denominator(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Each document's share of the global denominator: its supervised tokens, or 1 (one sequence)."""
+    if normalization == "supervised":
+        return supervised.to(torch.float32)
+    return (supervised > 0).to(torch.float32)
+
+
+@dataclass
+class NoisedBatch:
+    """A batch after the forward process: what the model sees and what the loss needs."""
+
+    noisy_ids: torch.Tensor  # (B, L) input ids with masked tokens replaced by the mask id
+    masked: torch.Tensor  # (B, L) bool
+    t: torch.Tensor  # (B, L) each token's document time
+    weights: torch.Tensor  # (B, L) float32 loss weight of each position (used where masked)
+    doc_t: torch.Tensor  # (D,) each document's time
+
+
+def add_noise(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    tail: torch.Tensor,
+    doc_ids: torch.Tensor,
+    positions: torch.Tensor,
+    doc_t: torch.Tensor,
+    doc_keys: torch.Tensor,
+    *,
+    mask_token_id: int,
+    weighting: Weighting,
+    cart_p: float,
+    tail_as_one: bool,
+) -> NoisedBatch:
+    """The forward process and its loss weights in one call (the trainer's single entry point).
+
+    `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token."""
+    owner = doc_ids.clamp(min=0)
+    t = doc_t[owner]
+    noisy, masked = mask_tokens(
+        input_ids, maskable, t, token_uniforms(doc_keys[owner], positions), mask_token_id
+    )
+    n_docs = doc_t.shape[0]
+    clean = (doc_ids >= 0) & ~masked
+    weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
+    weights = weights * eos_tail_factor(masked, tail, doc_ids, n_docs, tail_as_one)
+    return NoisedBatch(noisy, masked, t, weights, doc_t)
+
+
+def masked_token_weights(
+    noised: NoisedBatch,
+    doc_ids: torch.Tensor,
+    supervised: torch.Tensor,
+    normalization: Normalization,
+    denominator: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each masked position's factor in the loss of the module docstring, scale_d · w_j ÷ denominator,
+    (N,) in `noised.masked.nonzero()` order: the loss is Σ_j factor_j · CE_j (the fused LM head,
+    `sft.loss.linear_cross_entropy`, computes that sum). `supervised` (D,) is each document's supervised
+    tokens; `denominator` the global batch's (see `doc_denominator`, at least 1); None uses this
+    batch's own (evaluation)."""
+    rows, cols = noised.masked.nonzero(as_tuple=True)
+    scale = doc_loss_scale(supervised, normalization)
+    if denominator is None:
+        denominator = doc_denominator(supervised, normalization).sum().clamp(min=1)
+    return noised.weights[rows, cols] * scale[doc_ids[rows, cols]] / denominator
+
+
+def noise_stats(noised: NoisedBatch, tail: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
+    """Sums to log (add them over ranks, then divide): [masked tokens, Σ document t, documents,
+    EOS-tail tokens, maskable tokens]."""
+    return torch.stack(
+        [
+            noised.masked.sum().float(),
+            noised.doc_t.float().sum(),
+            torch.tensor(float(noised.doc_t.shape[0]), device=noised.doc_t.device),
+            tail.sum().float(),
+            maskable.sum().float(),
+        ]
+    ).detach()

@@ -1,0 +1,80 @@
+"""A run's records: the final save with `dlm_run.json` and `trainer_state.json`, and the model card
+written into the output directory and every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from sft.config import RunConfig
+from sft.families.base import FAMILY_KEY
+from sft.training import model_card
+from sft.training.trainer import DiffusionSFTTrainer
+
+
+def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
+    """Save the final model (or adapter) and tokenizer, and `dlm_run.json`: the resolved recipe, the
+    steps and the last losses (what the model card of an export reports)."""
+    output = Path(config.training.output_dir)
+    trainer.save_model(str(output))
+    if not trainer.is_world_process_zero():
+        return
+    trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
+    record = run_record(config, trainer.state)
+    run = {
+        "source": record.source,
+        "recipe": record.recipe,
+        "global_step": record.global_step,
+        "final_train_loss": record.train_loss,
+        "final_eval_loss": record.eval_loss,
+    }
+    (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    write_run_card(output, config, trainer.state, str(getattr(trainer.model.config, FAMILY_KEY, "")))
+
+
+def run_record(config: RunConfig, state: TrainerState) -> model_card.RunRecord:
+    """The recipe, steps and last losses of a run so far."""
+    history = state.log_history
+    last = {key: next((e[key] for e in reversed(history) if key in e), None) for key in ("loss", "eval_loss")}
+    return model_card.RunRecord(
+        recipe=config.sections(),
+        source=config.source,
+        global_step=state.global_step,
+        train_loss=last["loss"],
+        eval_loss=last["eval_loss"],
+    )
+
+
+def write_run_card(directory: Path, config: RunConfig, state: TrainerState, family: str) -> None:
+    """dlm-sft's model card for a training output or checkpoint (replacing peft's and TRL's)."""
+    adapter_config = directory / "adapter_config.json"
+    facts = model_card.CardFacts(
+        title=directory.name,
+        family=family,
+        base_model=config.model.name_or_path,
+        run=run_record(config, state),
+        adapter=json.loads(adapter_config.read_text()) if adapter_config.is_file() else None,
+        location=str(directory),
+    )
+    model_card.write(directory, facts)
+
+
+class ModelCardCallback(TrainerCallback):
+    """After every checkpoint save, writes the model card into the checkpoint and the output directory
+    (where TRL and peft put their placeholder cards)."""
+
+    def __init__(self, config: RunConfig, family: str) -> None:
+        self.config = config
+        self.family = family
+
+    def on_save(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        output = Path(args.output_dir)
+        for directory in (output / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", output):
+            if directory.is_dir():
+                write_run_card(directory, self.config, state, self.family)
