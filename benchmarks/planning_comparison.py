@@ -29,7 +29,7 @@ from sft.evaluation.ar_baseline import ar_accuracy, train_ar_baseline
 from sft.evaluation.bundled import answer_budget, read_rows, task_accuracy
 from sft.recipe import load_recipe
 from sft.sampling.loading import load_for_sampling
-from sft.sampling.sampler import SamplerSettings
+from sft.sampling.settings import SamplerSettings
 from sft.tasks.registry import NAMES, TASKS
 from sft.training.run import train
 

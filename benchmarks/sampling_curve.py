@@ -22,7 +22,7 @@ import torch
 
 from sft.evaluation.bundled import exact_match
 from sft.sampling.loading import load_for_sampling
-from sft.sampling.sampler import SamplerSettings
+from sft.sampling.settings import SamplerSettings
 from sft.tasks import sort_digits
 
 HERE = Path(__file__).resolve().parent

@@ -9,12 +9,18 @@ for recipe keys.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
 import torch
 from trl import SFTConfig
+
+from sft.loss.objective import EosTail, Normalization, Weighting
+
+DIFFUSION = {"section": "diffusion"}
+"""Field metadata of the diffusion fields: a recipe sets them under `diffusion:`."""
+FAMILY = {"set_by": "family"}
+"""Field metadata of the fields the model family sets (never the recipe)."""
 
 
 @dataclass
@@ -24,7 +30,7 @@ class DiffusionSFTConfig(SFTConfig):
     Every `transformers.TrainingArguments` / `trl.SFTConfig` field is accepted under `training:`
     (output_dir, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
     gradient_accumulation_steps, bf16, activation_checkpointing (alias gradient_checkpointing,
-    default True as in TRL; under FSDP it switches on FSDP's own checkpointing instead), report_to,
+    default True as in TRL; under FSDP the trainer switches on FSDP's own checkpointing instead), report_to,
     seed, ...). TRL's own losses, fused LM head and token-accuracy metric are never used: the loss
     is the diffusion loss.
     `bf16` defaults to True only when a CUDA device is present (TRL's default assumes a GPU).
@@ -88,16 +94,16 @@ class DiffusionSFTConfig(SFTConfig):
         position i predicts token i (LLaDA); set by the model family.
     """
 
-    t_min: float = 1e-3
-    weighting: Literal["inv_t", "linear", "uniform", "cart"] = "inv_t"
-    cart_p: float = 0.1
-    eos_tail: Literal["all", "first_n", "one", "none"] = "all"
-    eos_tail_n: int = 16
-    loss_normalization: Literal["supervised", "sequence"] = "supervised"
-    eval_t_grid: int = 8
-    eval_seed: int = 0
-    mask_token_id: int | None = None
-    shift: bool = True
+    t_min: float = field(default=1e-3, metadata=DIFFUSION)
+    weighting: Weighting = field(default="inv_t", metadata=DIFFUSION)
+    cart_p: float = field(default=0.1, metadata=DIFFUSION)
+    eos_tail: EosTail = field(default="all", metadata=DIFFUSION)
+    eos_tail_n: int = field(default=16, metadata=DIFFUSION)
+    loss_normalization: Normalization = field(default="supervised", metadata=DIFFUSION)
+    eval_t_grid: int = field(default=8, metadata=DIFFUSION)
+    eval_seed: int = field(default=0, metadata=DIFFUSION)
+    mask_token_id: int | None = field(default=None, metadata=FAMILY)
+    shift: bool = field(default=True, metadata=FAMILY)
     max_consecutive_nonfinite: int = 5
     resume_from_checkpoint: str | bool | None = "auto"
     overwrite_output_dir: bool = False
@@ -113,10 +119,9 @@ class DiffusionSFTConfig(SFTConfig):
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.remove_unused_columns = False
         super().__post_init__()
-        self._checkpoint_through_fsdp()
-        _check_choice("weighting", self.weighting, ("inv_t", "linear", "uniform", "cart"))
-        _check_choice("eos_tail", self.eos_tail, ("all", "first_n", "one", "none"))
-        _check_choice("loss_normalization", self.loss_normalization, ("supervised", "sequence"))
+        choices = {"weighting": Weighting, "eos_tail": EosTail, "loss_normalization": Normalization}
+        for name, kind in choices.items():
+            _check_choice(name, getattr(self, name), get_args(kind))
         if not 0.0 <= self.t_min < 1.0:
             raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
         if not 0.0 < self.cart_p <= 1.0:
@@ -124,38 +129,18 @@ class DiffusionSFTConfig(SFTConfig):
         if self.eos_tail_n < 0 or self.eval_t_grid < 1:
             raise ValueError("eos_tail_n must be >= 0 and eval_t_grid >= 1")
 
-    def _checkpoint_through_fsdp(self) -> None:
-        """Under FSDP, `activation_checkpointing` is handed to FSDP's own checkpointing (accelerate's
-        `fsdp_activation_checkpointing`, read from the environment that `accelerate launch` sets):
-        transformers' checkpointing on top of FSDP re-gathers each layer's weights once more in the
-        backward. The two are never on together (the Trainer refuses that)."""
-        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or self.fsdp_plugin_args
-        if not (fsdp and self.activation_checkpointing):
-            return
-        os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
-        if self.fsdp_plugin_args is not None:
-            self.fsdp_plugin_args["activation_checkpointing"] = True
-        self.activation_checkpointing = self.gradient_checkpointing = False
-
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-DIFFUSION_FIELDS = (
-    "t_min",
-    "weighting",
-    "cart_p",
-    "eos_tail",
-    "eos_tail_n",
-    "loss_normalization",
-    "eval_t_grid",
-    "eval_seed",
+DIFFUSION_FIELDS = tuple(
+    f.name for f in fields(DiffusionSFTConfig) if f.metadata.get("section") == "diffusion"
 )
 """The `DiffusionSFTConfig` fields a recipe sets under `diffusion:` (the rest go under `training:`)."""
 
-FAMILY_FIELDS = ("mask_token_id", "shift")
+FAMILY_FIELDS = tuple(f.name for f in fields(DiffusionSFTConfig) if f.metadata.get("set_by") == "family")
 """Fields set from the model family, never by the recipe."""
 
 _DATA_IS_TOKENIZED = "remove it: dlm-sft tokenizes the chat rows itself (see data.*)"

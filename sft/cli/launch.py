@@ -31,32 +31,8 @@ from pathlib import Path
 import yaml
 
 from sft.config import RunConfig
+from sft.engines import resolve_config
 from sft.errors import UserError
-from sft.recipe import shipped_recipes
-
-CONFIG_DIR = shipped_recipes() / "accelerate"
-ENGINES = ("ddp", "fsdp", "zero2", "zero3")
-
-
-def resolve_config(name_or_path: str) -> Path:
-    """A shipped config by name, or an existing accelerate config YAML by path."""
-    if name_or_path in ENGINES:
-        return CONFIG_DIR / f"{name_or_path}.yaml"
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml", ".json") or os.sep in name_or_path:
-        if not path.is_file():
-            raise UserError(
-                "accelerate config file not found",
-                file=name_or_path,
-                key="--accelerate",
-                expected=f"one of {', '.join(ENGINES)} or an accelerate config YAML",
-            )
-        return path
-    raise UserError(
-        f"unknown engine {name_or_path!r}",
-        key="--accelerate",
-        expected=f"one of {', '.join(ENGINES)} or a path to an accelerate config YAML",
-    )
 
 
 def read_accelerate_config(path: Path) -> dict:

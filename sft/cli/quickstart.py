@@ -1,4 +1,5 @@
-"""The quickstart: train a tiny diffusion LM to sort digits on a CPU and show that it learnt.
+"""`dlm-sft quickstart [--recipe RECIPE.yaml] [section.key=value ...]`: train a tiny diffusion LM to sort
+digits on a CPU and show that it learnt.
 
 Writes the task's train/held-out files, scores the untrained model, trains with the recipe,
 scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fraction>`.
@@ -6,29 +7,53 @@ scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fr
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
-
-from sft.config import RunConfig
-from sft.data.splits import prepare_data
-from sft.evaluation.bundled import exact_match
-from sft.tasks import sort_digits
-from sft.training.records import save_run
-from sft.training.run import build_model, build_trainer
+if TYPE_CHECKING:
+    from sft.config import RunConfig
 
 DEFAULT_RECIPE = "recipes/quickstart/sort_digits.yaml"
 ANSWER_TOKENS = 12  # the longest answer (8 digits) + <|im_end|>, newline and EOS, with room
 
 
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    quick = commands.add_parser("quickstart", help="train the bundled tiny model on the sort task")
+    quick.add_argument("--recipe", default=None, help=f"default: {DEFAULT_RECIPE}")
+    quick.add_argument("overrides", nargs="*", help="section.key=value")
+    return quick
+
+
+def run(args: argparse.Namespace) -> int:
+    from sft.cli.launch import refuse_data_parallel
+    from sft.recipe import load_recipe
+
+    config = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+    refuse_data_parallel(config)
+    untrained, trained = run_quickstart(config)
+    print(f"accuracy: untrained={untrained:.3f} trained={trained:.3f}")
+    return 0
+
+
 def ensure_task_files(config: RunConfig) -> None:
     """Write the task's data where the recipe expects it (deterministic; skipped when present)."""
+    from sft.tasks import sort_digits
+
     train_path, eval_path = Path(str(config.data.train)), Path(str(config.data.eval))
     if not (train_path.is_file() and eval_path.is_file()):
         sort_digits.write_split_files(train_path.parent)
 
 
 def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[float, float]:
+    import pyarrow.parquet as pq
+
+    from sft.data.splits import prepare_data
+    from sft.evaluation.bundled import exact_match
+    from sft.tasks import sort_digits
+    from sft.training.records import save_run
+    from sft.training.run import build_model, build_trainer
+
     ensure_task_files(config)
     data = prepare_data(config)
     loaded = build_model(config)

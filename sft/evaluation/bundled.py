@@ -25,7 +25,7 @@ from sft.errors import UserError
 from sft.families.base import LoadedModel
 from sft.recipe import load_recipe
 from sft.sampling.chat import generate_replies, stop_token_ids
-from sft.sampling.sampler import SamplerSettings
+from sft.sampling.settings import SamplerSettings
 from sft.tasks.registry import task_for_source
 from sft.training.trainer import DiffusionSFTTrainer
 

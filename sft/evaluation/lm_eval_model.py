@@ -34,7 +34,8 @@ from sft.evaluation.likelihood import LikelihoodSettings, elbo_samples, summariz
 from sft.families.base import LoadedModel
 from sft.sampling.chat import stop_token_ids
 from sft.sampling.loading import load_for_sampling
-from sft.sampling.sampler import SAMPLER_OPTIONS, SamplerSettings, cut_at_stop, diffusion_generate, left_pad
+from sft.sampling.sampler import cut_at_stop, diffusion_generate, left_pad
+from sft.sampling.settings import SAMPLER_OPTIONS, SamplerSettings
 
 DEFAULT_GEN_TOKENS = 256  # lm-eval's own default `max_gen_toks`
 

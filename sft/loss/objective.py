@@ -28,12 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Weighting = Literal["inv_t", "linear", "uniform", "cart"]
+"""Loss weight of a masked token (see `token_weights`); `DiffusionSFTConfig.weighting` takes these."""
 Normalization = Literal["supervised", "sequence"]
+"""What the summed loss is divided by (see `doc_loss_scale`)."""
+EosTail = Literal["all", "first_n", "one", "none"]
+"""How the EOS tail after a response is trained (`sft.data.collate` lays it out; `one` is
+`eos_tail_factor`'s `tail_as_one`)."""
 
 _MASK32 = 0xFFFFFFFF
 _T_STREAM = _MASK32  # hash key of a document's `t` draw; token positions never reach it
@@ -165,7 +170,7 @@ def token_weights(
         return per_document(lambda c: cart_weights(c, cart_p), clean, doc_ids, positions, n_docs)
     per_token = {"inv_t": lambda: 1.0 / t, "linear": lambda: 1.0 - t, "uniform": lambda: torch.ones_like(t)}
     if weighting not in per_token:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of inv_t, linear, uniform, cart")
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(get_args(Weighting))}")
     return per_token[weighting]().to(torch.float32)
 
 
@@ -192,7 +197,9 @@ def doc_loss_scale(supervised: torch.Tensor, normalization: Normalization) -> to
         return torch.ones_like(supervised, dtype=torch.float32)
     if normalization == "sequence":
         return 1.0 / supervised.to(torch.float32).clamp(min=1.0)
-    raise ValueError(f"unknown normalization {normalization!r}; expected supervised or sequence")
+    raise ValueError(
+        f"unknown normalization {normalization!r}; expected one of {', '.join(get_args(Normalization))}"
+    )
 
 
 def doc_denominator(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:

@@ -31,11 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sft.config import RunConfig
+from sft.engines import ENGINES
 from sft.errors import UserError
 from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS
 from sft.planning.shapes import ModelShape
 
-ENGINES = ("ddp", "fsdp", "zero2", "zero3")
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 

@@ -13,7 +13,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.errors import UserError
-from sft.sampling.sampler import SamplerSettings, cut_at_stop, diffusion_generate, left_pad
+from sft.sampling.sampler import cut_at_stop, diffusion_generate, left_pad
+from sft.sampling.settings import SamplerSettings
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -15,6 +15,7 @@ the run with a clear message, leaving the last complete checkpoint as it was.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -30,6 +31,20 @@ from sft.loss.prediction_head import enable_prediction_positions
 from sft.training.attention import attention_inputs
 
 
+def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:
+    """Under FSDP, `activation_checkpointing` is handed to FSDP's own checkpointing (accelerate's
+    `fsdp_activation_checkpointing`, read from the environment that `accelerate launch` sets, before
+    the Trainer builds its Accelerator): transformers' checkpointing on top of FSDP re-gathers each
+    layer's weights once more in the backward. The two are never on together (the Trainer refuses that)."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp_plugin_args
+    if not (fsdp and args.activation_checkpointing):
+        return
+    os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
+    if args.fsdp_plugin_args is not None:
+        args.fsdp_plugin_args["activation_checkpointing"] = True
+    args.activation_checkpointing = args.gradient_checkpointing = False
+
+
 class DiffusionSFTTrainer(SFTTrainer):
     """SFT for masked diffusion LMs. `args.mask_token_id` and `args.shift` come from the family."""
 
@@ -42,6 +57,7 @@ class DiffusionSFTTrainer(SFTTrainer):
             raise ValueError("args.mask_token_id must be set (the model family provides it)")
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = DiffusionCollator.from_args(args, eos_token_id, max_length)
+        checkpoint_through_fsdp(args)
         super().__init__(model=model, args=args, **kwargs)
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         enable_prediction_positions(base)

@@ -16,12 +16,16 @@ from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
 from sft.cli import main
-from sft.cli.launch import CONFIG_DIR, ENGINES, gpu_count, launch_command
+from sft.cli.launch import gpu_count, launch_command
+from sft.engines import ENGINES, config_dir
 from sft.recipe import build_run_config
 from sft.training.run import train
 from tests.conftest import REPO, recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 
 STEPS = 3
+
+
+CONFIG_DIR = config_dir()
 
 
 def equivalence_recipe(model_dir: Path, data: Path, output: Path, per_device: int) -> dict:
@@ -237,10 +241,12 @@ def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from sft.config import DiffusionSFTConfig
+    from sft.training.trainer import checkpoint_through_fsdp
 
     for key, value in fsdp_launch_environment().items():
         monkeypatch.setenv(key, value)
     args = DiffusionSFTConfig(output_dir=str(tmp_path), activation_checkpointing=checkpointing)
+    checkpoint_through_fsdp(args)  # what the trainer does before it builds its Accelerator
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.activation_checkpointing is checkpointing
     assert not args.activation_checkpointing and not args.gradient_checkpointing

@@ -15,7 +15,7 @@ from sft.evaluation.bundled import evaluate_checkpoint, resolve_target
 from sft.recipe import load_recipe
 from sft.sampling.chat import chat_loop
 from sft.sampling.loading import load_for_sampling
-from sft.sampling.sampler import SamplerSettings
+from sft.sampling.settings import SamplerSettings
 from sft.tasks.registry import TASKS
 from sft.training.run import train
 

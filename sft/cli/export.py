@@ -1,4 +1,4 @@
-"""The `export` subcommand: its arguments and how they call `sft.export.exporter`.
+"""`dlm-sft export`: its arguments and how they call `sft.export.exporter`.
 
 dlm-sft export RUN_OR_CHECKPOINT --output DIR [--format auto|dream|llada|native]
                [--adapter NAME_OR_PATH] [--dtype auto|bf16|fp32] [--max-shard-size 5GB]
@@ -13,7 +13,7 @@ import argparse
 from sft.errors import UserError
 
 
-def add_export_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="merge a LoRA adapter / convert a run into a standalone instruct checkpoint",
@@ -47,9 +47,10 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         help="then upload the export to this hub repository (org/name; created when missing)",
     )
     export.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
+    return export
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.list_adapters:
         from sft.export.adapters import find_adapters
 
