@@ -20,7 +20,7 @@ AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "model
 # Keys of transformers' own configs that Dream's remote `DreamConfig` does not use
 _NATIVE_ONLY = ("rope_parameters", "layer_types", "is_causal", "dtype", "dlm_family", "_name_or_path")
 
-_DREAM_7B = {  # Qwen2.5-7B's shape (SPEC §3)
+_DREAM_7B = {  # Qwen2.5-7B's shape (Dream-v0 is initialised from it)
     "model_type": "qwen2",
     "vocab_size": 152064,
     "hidden_size": 3584,

@@ -1,4 +1,4 @@
-"""The masked-diffusion SFT objective, as small pure-torch functions (SPEC §2).
+"""The masked-diffusion SFT objective, as small pure-torch functions (after Dream's and LLaDA's SFT code).
 
 One training example (a *document*) is `prompt + response (+ EOS tail)`. Per document a time `t`
 is drawn; every *maskable* token (response and supervised EOS tail, never the prompt) is replaced
