@@ -20,22 +20,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import FAMILIES
+from sft.families import FAMILIES, known_checkpoints
 from sft.families.base import FAMILY_KEY, Family, LoadedModel, read_config, token_id
 
 
-def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
+def find_family(config: dict[str, Any]) -> Family | None:
+    """The family config.json records (`dlm_family`), else the first that recognises it, else None."""
     recorded = config.get(FAMILY_KEY)
     if recorded in FAMILIES:
         return FAMILIES[recorded]
-    for family in FAMILIES.values():
-        if family.detect(config):
-            return family
+    return next((family for family in FAMILIES.values() if family.detect(config)), None)
+
+
+def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
+    family = find_family(config)
+    if family is not None:
+        return family
     raise UserError(
         f"unknown model_type {config.get('model_type')!r}",
         file=name_or_path,
         key="model.family",
-        expected="a Dream, LLaDA, Qwen2 or Llama checkpoint, or model.family set explicitly",
+        expected=f"a {known_checkpoints()} checkpoint, or model.family set explicitly",
     )
 
 
