@@ -56,7 +56,7 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
 
     ensure_task_files(config)
     data = prepare_data(config)
-    loaded = build_model(config)
+    loaded = build_model(config, data.model)
     rows = pq.read_table(str(config.data.eval)).to_pylist()
     generation = {
         "mask_token_id": loaded.mask_token_id,

@@ -1,5 +1,5 @@
-"""The tokenized splits of one run: the family's tokenizer, the train and eval examples, and
-their accounting. Needs only the tokenizer (it is what `--dry-run` runs)."""
+"""The tokenized splits of one run: the model resolved (path, config.json, family), its tokenizer, the
+train and eval examples, and their accounting. Needs only the tokenizer (it is what `--dry-run` runs)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ from sft.data.sources import load_chat_rows
 from sft.data.tokenization import TokenizedData, tokenize_dataset
 from sft.errors import UserError
 from sft.families.base import Family
-from sft.families.loader import load_family_tokenizer
+from sft.families.loader import ResolvedModel, load_family_tokenizer, resolve_model
 
 
 @dataclass
 class PreparedData:
-    family: Family
+    model: ResolvedModel  # the run's model, resolved once (what loading the model reuses)
     tokenizer: PreTrainedTokenizerBase
     eos_token_id: int
     train: TokenizedData
     eval: TokenizedData | None
+
+    @property
+    def family(self) -> Family:
+        return self.model.family
 
     def batch_rows(self, config: RunConfig) -> int:
         """Rows of the training set as batched: examples, or packed rows with `batching: pack`."""
@@ -39,7 +43,8 @@ def prepare_data(config: RunConfig) -> PreparedData:
     """Tokenize the splits. Under a launcher only the global rank 0 (the `RANK` it sets, counted
     across all nodes) tokenizes; every other rank waits for that cache
     (`sft.data.tokenization.tokenize_dataset`)."""
-    family, tokenizer, eos_id = load_family_tokenizer(config.model, config.training.chat_template_path)
+    model = resolve_model(config.model)
+    _, tokenizer, eos_id = load_family_tokenizer(model, config.training.chat_template_path)
     if not tokenizer.chat_template:
         raise UserError(
             "the tokenizer has no chat template to render the conversations with",
@@ -65,7 +70,7 @@ def prepare_data(config: RunConfig) -> PreparedData:
         return data
 
     return PreparedData(
-        family,
+        model,
         tokenizer,
         eos_id,
         tokenized(config.data.train, "data.train"),

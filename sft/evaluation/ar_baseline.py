@@ -23,8 +23,9 @@ from sft.data.rows import usable_rows
 from sft.data.sources import load_chat_rows
 from sft.errors import UserError
 from sft.evaluation.bundled import prompts_of
+from sft.families import known_checkpoints
 from sft.families.base import read_config
-from sft.families.loader import load_family_tokenizer, native_config
+from sft.families.loader import detect_family, load_family_tokenizer, native_config
 from sft.sampling.chat import encode_prompt, stop_token_ids
 from sft.sampling.sampler import cut_at_stop, left_pad
 from sft.tasks.registry import task_for_source
@@ -65,12 +66,12 @@ def causal_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTr
     source = config.model.name_or_path
     native = native_config(read_config(source), f"{source}/config.json")
     model_type = str(native.get("model_type", ""))
-    if model_type not in ("qwen2", "llama"):
+    if model_type not in detect_family(native, source).export_classes:
         raise UserError(
             f"no AR baseline for model_type {model_type!r}",
             file=config.source,
             key="model.name_or_path",
-            expected="a Qwen2 or Llama architecture (Dream's and LLaDA's included)",
+            expected=f"a {known_checkpoints()} architecture",
         )
     model_config = AutoConfig.for_model(
         model_type, **{k: v for k, v in native.items() if k not in (*_DROP, "model_type")}

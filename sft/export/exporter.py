@@ -1,13 +1,11 @@
-"""`dlm-sft export`: a training output or adapter becomes a standalone instruct checkpoint.
+"""`dlm-sft export`: writes what `sft.export.sources` resolved as a standalone instruct checkpoint.
 
-The source is a full model directory (a training output, config.json with `dlm_family`), a LoRA
-adapter directory (adapter_config.json names the base) or a directory holding several adapters (pick
-one with `adapter`); a source or base named by a hub id is read from its cached snapshot (`sft.hub`).
 The output is written in one of three layouts:
-- `native`: transformers' Qwen2 / Llama classes (`is_causal: false`, `dlm_family`, `mask_token_id`);
-- `dream`: Dream's config (`model_type: Dream`, `architectures`, `auto_map`, `mask_token_id`) and Qwen2
-  weight names;
-- `llada`: LLaDA's OLMo-style config and `model.transformer.` weight names.
+- `native`: transformers' own classes (`is_causal: false`, `dlm_family`, `mask_token_id`), the class
+  its family exports that model type as (`Family.export_classes`);
+- a family's release layout, e.g. `dream`: Dream's config (`model_type: Dream`, `architectures`,
+  `auto_map`, `mask_token_id`) and Qwen2 weight names; `llada`: LLaDA's OLMo-style config and
+  `model.transformer.` weight names.
 `auto` is the base model's own layout. Weights stream shard by shard (`sft.families.weights`): each base
 tensor is renamed, has its LoRA delta added (`sft.export.adapters`), is cast and written, so memory holds
 about one input shard and one output shard. The output also gets the tokenizer with its chat
@@ -28,19 +26,17 @@ import torch
 from huggingface_hub import HfApi
 from transformers import AutoConfig
 
-from sft import hub
 from sft.errors import UserError
-from sft.export.adapters import LoraMerger, choose_adapter, read_adapter_config
+from sft.export.adapters import LoraMerger
 from sft.export.shards import ShardWriter
+from sft.export.sources import LAYOUTS, Layout, Source, layout_of, resolve_source
 from sft.families import FAMILIES
 from sft.families.base import FAMILY_KEY, load_tokenizer_dir, read_config
-from sft.families.loader import mask_token_from_vocabulary, native_config, release_family
+from sft.families.loader import detect_family, mask_token_from_vocabulary, native_config
 from sft.families.weights import iter_shards, tensor_names
 from sft.training import model_card
 from sft.validation import first_line
 
-Layout = str  # "native" or the name of a family with a release layout
-LAYOUTS = ("native", *(name for name, f in FAMILIES.items() if f.is_release_layout is not None))
 FORMATS = ("auto", *LAYOUTS)
 DTYPES = {
     "auto": None,
@@ -60,26 +56,10 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-DIFFUSION_GENERATION = {"steps": 512, "alg": "entropy", "alg_temp": 0.0, "temperature": 0.0, "eps": 1e-3}
-"""Dream-style sampler defaults written to generation_config.json (keys of Dream's generation config)."""
-
-
-@dataclass
-class Source:
-    """Where an export's weights, adapter, tokenizer and run record come from."""
-
-    model_dir: Path  # the weights merged into (a model directory; an adapter's base)
-    adapter_dir: Path | None
-    config: dict[str, Any]  # model_dir's config.json
-    base_dir: Path | None  # the original base model directory, when known (its layout, remote code)
-
-    @property
-    def layout(self) -> Layout:
-        return layout_of(self.config)
-
-    @property
-    def run_dirs(self) -> list[Path]:
-        return [d for d in (self.adapter_dir, self.model_dir) if d is not None]
+DIFFUSION_GENERATION = {"steps": 512, "alg": "entropy", "alg_temp": 0.0, "eps": 1e-3}
+"""Dream-style sampler defaults written to generation_config.json (keys of Dream's generation config).
+Temperature 0 (greedy) is every sampler's default and is left out: transformers flags a temperature
+without sampling as an invalid generation flag."""
 
 
 @dataclass
@@ -93,70 +73,19 @@ class ExportResult:
     peak_buffered_bytes: int = 0  # most output bytes held before a shard was written
 
 
-def layout_of(config: dict[str, Any]) -> Layout:
-    """The weight/config layout of a config.json: a family's release layout or transformers' own."""
-    family = release_family(config)
-    return family.name if family is not None else "native"
-
-
-def resolve_source(path: str | Path, adapter: str | None = None) -> Source:
-    """Find the model, adapter and base behind `path` (see the module docstring)."""
-    root = hub.model_dir(path)
-    if not root.is_dir():
-        raise UserError(
-            "not a directory", file=str(path), expected="a training output, model or adapter directory"
-        )
-    adapter_dir = choose_adapter(root, adapter)
-    if adapter_dir is None:
-        config = read_config(str(root))
-        return Source(root, None, config, _recorded_base(root, config))
-    if (root / "config.json").is_file() and adapter is not None:
-        model_dir = root  # BASE --adapter NAME: merge into the base given
-    else:
-        base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-        if not base or not hub.model_dir(base).is_dir():
-            raise UserError(
-                f"the adapter's base model {base!r} is neither a local directory nor a hub id",
-                file=str(adapter_dir / "adapter_config.json"),
-                key="base_model_name_or_path",
-                expected="export BASE_DIR --adapter ADAPTER to name the base",
-            )
-        model_dir = hub.model_dir(base)
-    return Source(model_dir, adapter_dir, read_config(str(model_dir)), model_dir)
-
-
-def _recorded_base(model_dir: Path, config: dict[str, Any]) -> Path | None:
-    """The base model a full fine-tune started from, when the run recorded it (dlm_run.json)."""
-    if layout_of(config) != "native":
-        return model_dir
-    record = model_card.read_run_record(model_dir)
-    base = ((record.recipe or {}).get("model") or {}).get("name_or_path")
-    if not base:
-        return None
-    directory = hub.model_dir(base, weights=False)  # a hub id: config, tokenizer and remote code
-    return directory if (directory / "config.json").is_file() else None
-
-
-def default_format(source: Source) -> Layout:
-    """The base's own layout; without a known base, that of the family (dream, llada) or native."""
-    if source.base_dir is not None:
-        return layout_of(read_config(str(source.base_dir)))
-    if source.layout != "native":
-        return source.layout
-    family = source.config.get(FAMILY_KEY)
-    return family if family in LAYOUTS else "native"
-
-
-EXPORTABLE = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
-"""transformers model types an export can hold, and their causal-LM class."""
-
-
 def export_config(config: dict[str, Any], source: str) -> dict[str, Any]:
-    """transformers' Qwen2/Llama config (as a dict) for a config.json in any family's layout."""
+    """transformers' config (as a dict) for a config.json in any family's layout, naming the causal-LM
+    class its family exports that model type as (`Family.export_classes`)."""
     values = native_config(config, source)
-    if values.get("model_type") not in EXPORTABLE:
-        raise UserError(f"model_type {values.get('model_type')!r} cannot be exported", file=source)
-    values["architectures"] = [EXPORTABLE[values["model_type"]]]
+    family = detect_family(values, source)
+    model_type = values.get("model_type")
+    if model_type not in family.export_classes:
+        raise UserError(
+            f"model_type {model_type!r} cannot be exported",
+            file=source,
+            expected=f"a {family.name} model of type {' or '.join(family.export_classes) or '(none)'}",
+        )
+    values["architectures"] = [family.export_classes[model_type]]
     values["is_causal"] = False
     return values
 
@@ -186,7 +115,7 @@ def export_checkpoint(
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}", key="--dtype", expected="auto, bf16 or fp32")
     source = resolve_source(path, adapter)
-    target: Layout = default_format(source) if fmt == "auto" else fmt  # type: ignore[assignment]
+    target: Layout = source.default_format() if fmt == "auto" else fmt
     out = Path(output)
     if out.resolve() in {d.resolve() for d in (source.model_dir, *source.run_dirs)}:
         raise UserError("the output directory is the source directory", file=str(out), key="--output")
@@ -210,12 +139,11 @@ def export_checkpoint(
     eos = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     _write_config(native, target, source, out, result)
     _write_generation_config(native, tokenizer, eos, out)
-    run = model_card.read_run_record(*source.run_dirs)
     facts = model_card.CardFacts(
         title=repo_id or out.name,
         family=str(native[FAMILY_KEY]),
-        base_model=_base_name(source, run),
-        run=run,
+        base_model=source.base_name(),
+        run=source.run,
         merged_adapter=source.adapter_dir is not None,
         export_format=target,
         dtype=native["dtype"],
@@ -363,14 +291,6 @@ def _write_generation_config(native: dict[str, Any], tokenizer: Any, eos: int | 
 
     config["transformers_version"] = transformers.__version__
     (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-
-def _base_name(source: Source, run: model_card.RunRecord) -> str:
-    """The base model as recorded (a hub id stays a hub id; the card never shows a local path)."""
-    if source.adapter_dir is not None:
-        return str(read_adapter_config(source.adapter_dir).get("base_model_name_or_path") or source.model_dir)
-    recorded = ((run.recipe or {}).get("model") or {}).get("name_or_path")
-    return str(recorded or source.base_dir or source.config.get("_name_or_path") or source.model_dir)
 
 
 def push_to_hub(output: str | Path, repo_id: str, private: bool = False) -> str:

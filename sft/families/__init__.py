@@ -10,3 +10,9 @@ from sft.families.base import Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (dream.FAMILY, llada.FAMILY, ar.FAMILY, remote.FAMILY)}
 """Every family by name, in detection order: `remote` (anything with auto_map) only after the others."""
+
+
+def known_checkpoints() -> str:
+    """The checkpoints the families take, for messages: "Dream, LLaDA, Qwen2 or Llama"."""
+    titles = [title for family in FAMILIES.values() for title in family.titles]
+    return " or ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)

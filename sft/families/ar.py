@@ -21,8 +21,11 @@ from transformers import (
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families.base import Family, instantiate, load_tokenizer
+from sft.families.shapes import LayerShape, read_layer_shape
 
 MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM, "llama": LlamaForCausalLM}
+QKV_BIAS = ("qwen2",)
+"""Model types whose q, k and v projections always carry biases (their configs have no key for it)."""
 
 
 def _qwen2(
@@ -53,6 +56,10 @@ def detect(config: dict[str, Any]) -> bool:
     return config.get("model_type") in MODEL_CLASSES
 
 
+def layer_shape(config: dict[str, Any]) -> LayerShape:
+    return read_layer_shape(config, qkv_bias=config.get("model_type") in QKV_BIAS)
+
+
 def load_model(
     settings: ModelSettings, config: dict[str, Any], tokenizer: PreTrainedTokenizerBase
 ) -> PreTrainedModel:
@@ -79,9 +86,12 @@ def load_model(
 
 FAMILY = Family(
     name="ar",
+    titles=tuple(c.__name__.removesuffix("ForCausalLM") for c in MODEL_CLASSES.values()),
     shift=True,
     detect=detect,
     load_tokenizer=load_tokenizer,
     load_model=load_model,
     known_configs=KNOWN_CONFIGS,
+    export_classes={model_type: cls.__name__ for model_type, cls in MODEL_CLASSES.items()},
+    layer_shape=layer_shape,
 )

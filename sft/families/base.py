@@ -3,9 +3,10 @@ remote code, building a transformers class from a bidirectional config, and mask
 
 A family module (`dream`, `llada`, `ar`, `remote`) fills one `Family` with its behaviour (detection,
 loading, shift) and its *formats*: how its release layout's config.json and weight names map to
-transformers' own Qwen2/Llama ones and back (for export), which tokens may be its mask token, and the
-config of the hub models it knows (for planning without a download). `sft/families/__init__.py`
-registers the families; `sft/families/loader.py` picks one and loads a model with it.
+transformers' own classes and back (for export: which class each model type exports as), which tokens
+may be its mask token, the config of the hub models it knows and the shape of its layers (for planning
+without a download). `sft/families/__init__.py` registers the families; `sft/families/loader.py` picks
+one and loads a model with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
+from sft.families.shapes import LayerShape, read_layer_shape
 from sft.families.weights import shard_files
 
 FAMILY_KEY = "dlm_family"
@@ -41,6 +43,7 @@ class Family:
     """One model family: its behaviour and its formats."""
 
     name: str
+    titles: tuple[str, ...]  # the checkpoints it takes, as messages name them ("Dream",); empty: unlisted
     shift: bool  # logits at i-1 predict token i
     detect: Callable[[dict[str, Any]], bool]  # does this config.json belong to the family?
     load_tokenizer: Callable[[ModelSettings], PreTrainedTokenizerBase]
@@ -58,6 +61,11 @@ class Family:
     mask_tokens: tuple[str, ...] = (MASK_TOKEN,)  # tried in order when no config names the id
     known_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hub id -> config.json keys
     generation_defaults: dict[str, Any] = field(default_factory=dict)  # generation_config.json extras
+    # transformers model_type -> the causal-LM class an export of that type names (`architectures`);
+    # a model type missing here cannot be exported
+    export_classes: dict[str, str] = field(default_factory=dict)
+    # transformers config dict -> q/k/v biases and the MLP (dense or experts), for the memory planner
+    layer_shape: Callable[[dict[str, Any]], LayerShape] = read_layer_shape
     # checkpoint location -> markdown lines: how to load the release layout (for model cards)
     release_usage: Callable[[str], list[str]] | None = None
 

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, 
 
 from sft.config import ModelSettings
 from sft.families.base import FAMILY_KEY, Family, instantiate, load_tokenizer
+from sft.families.shapes import LayerShape, read_layer_shape
 
 _REMOTE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
@@ -45,6 +46,11 @@ def qwen2_config(config: dict[str, Any]) -> Qwen2Config:
 
 def native_config(config: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
     return {**qwen2_config(config).to_dict(), FAMILY_KEY: "dream"}
+
+
+def layer_shape(config: dict[str, Any]) -> LayerShape:
+    """Qwen2's layers: biases on q, k and v."""
+    return read_layer_shape(config, qkv_bias=True)
 
 
 def load_model(
@@ -96,6 +102,7 @@ def usage(where: str) -> list[str]:
 
 FAMILY = Family(
     name="dream",
+    titles=("Dream",),
     shift=True,
     detect=detect,
     load_tokenizer=load_tokenizer,
@@ -106,4 +113,6 @@ FAMILY = Family(
     release_config=dream_config,
     known_configs=KNOWN_CONFIGS,
     release_usage=usage,
+    export_classes={"qwen2": Qwen2ForCausalLM.__name__},
+    layer_shape=layer_shape,
 )

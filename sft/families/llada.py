@@ -299,6 +299,7 @@ def usage(where: str) -> list[str]:
 
 FAMILY = Family(
     name="llada",
+    titles=("LLaDA",),
     shift=False,
     detect=detect,
     load_tokenizer=load_tokenizer,
@@ -313,4 +314,5 @@ FAMILY = Family(
     known_configs=KNOWN_CONFIGS,
     generation_defaults={"block_length": 32, "remasking": "low_confidence"},  # LLaDA's semi-AR sampling
     release_usage=usage,
+    export_classes={"llama": LlamaForCausalLM.__name__},
 )

@@ -1,16 +1,18 @@
 """Pick the family of a checkpoint and load it: tokenizer, model, mask token; and translate any
 family's config.json into transformers' own (for export and planning).
 
-`load_model(settings)` resolves hub ids to their cached snapshots (`sft.hub`), detects the family from
-config.json (or takes `model.family`), loads the tokenizer (pad token set), builds the model through the
-family and records `dlm_family` and `mask_token_id` in its config, so a saved run reloads with the
-same behaviour. The model keeps the name it was asked for (a hub id stays a hub id, which is what
+`resolve_model(settings)` resolves hub ids to their cached snapshots (`sft.hub`), reads config.json and
+detects the family (or takes `model.family`), once per run; `load_family_tokenizer` and `load_model`
+take that (or settings, which they resolve) and load the tokenizer (pad token set) and build the model
+through the family, recording `dlm_family` and `mask_token_id` in its config, so a saved run reloads
+with the same behaviour. The model keeps the name it was asked for (a hub id stays a hub id, which is what
 adapters and model cards record as the base), never the cache path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,37 +22,54 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
-from sft.families import FAMILIES
+from sft.families import FAMILIES, known_checkpoints
 from sft.families.base import FAMILY_KEY, Family, LoadedModel, read_config, token_id
 
 
-def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
+def find_family(config: dict[str, Any]) -> Family | None:
+    """The family config.json records (`dlm_family`), else the first that recognises it, else None."""
     recorded = config.get(FAMILY_KEY)
     if recorded in FAMILIES:
         return FAMILIES[recorded]
-    for family in FAMILIES.values():
-        if family.detect(config):
-            return family
+    return next((family for family in FAMILIES.values() if family.detect(config)), None)
+
+
+def detect_family(config: dict[str, Any], name_or_path: str) -> Family:
+    family = find_family(config)
+    if family is not None:
+        return family
     raise UserError(
         f"unknown model_type {config.get('model_type')!r}",
         file=name_or_path,
         key="model.family",
-        expected="a Dream, LLaDA, Qwen2 or Llama checkpoint, or model.family set explicitly",
+        expected=f"a {known_checkpoints()} checkpoint, or model.family set explicitly",
     )
 
 
-def resolve_family(settings: ModelSettings) -> tuple[Family, dict[str, Any]]:
-    """The family of `settings.name_or_path` (detected or as set) and its config.json."""
-    config = read_config(settings.name_or_path)
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A recipe's model resolved once per run: hub ids replaced by their snapshot directories, its
+    config.json read and its family chosen. Loading the tokenizer and the model reads these."""
+
+    requested: ModelSettings  # as the recipe names it (a hub id stays a hub id)
+    local: ModelSettings  # local directories (config, tokenizer and remote code; weights on loading)
+    config: dict[str, Any]  # config.json of the model directory
+    family: Family
+
+
+def resolve_model(settings: ModelSettings) -> ResolvedModel:
+    """Resolve `settings` (see `ResolvedModel`) without fetching the weights."""
+    local = local_settings(settings, weights=False)
+    config = read_config(local.name_or_path)
     if settings.family == "auto":
-        return detect_family(config, settings.name_or_path), config
+        return ResolvedModel(settings, local, config, detect_family(config, settings.name_or_path))
     if settings.family not in FAMILIES:
         raise UserError(
             f"unknown family {settings.family!r}",
             key="model.family",
             expected=f"auto or one of {', '.join(FAMILIES)}",
         )
-    return FAMILIES[settings.family], config
+    return ResolvedModel(settings, local, config, FAMILIES[settings.family])
 
 
 def local_settings(settings: ModelSettings, *, weights: bool = True) -> ModelSettings:
@@ -64,14 +83,18 @@ def local_settings(settings: ModelSettings, *, weights: bool = True) -> ModelSet
     )
 
 
+def _resolved(source: ModelSettings | ResolvedModel) -> ResolvedModel:
+    return source if isinstance(source, ResolvedModel) else resolve_model(source)
+
+
 def load_family_tokenizer(
-    settings: ModelSettings, chat_template_path: str | None = None
+    source: ModelSettings | ResolvedModel, chat_template_path: str | None = None
 ) -> tuple[Family, PreTrainedTokenizerBase, int]:
     """The family, its tokenizer (pad token set; chat template replaced by the file at
     `chat_template_path` when given) and the EOS-tail token id, without the weights."""
-    settings = local_settings(settings, weights=False)
-    family, _ = resolve_family(settings)
-    tokenizer = family.load_tokenizer(settings)
+    resolved = _resolved(source)
+    settings = resolved.local
+    tokenizer = resolved.family.load_tokenizer(settings)
     if chat_template_path:
         tokenizer.chat_template = read_chat_template(chat_template_path)
     if tokenizer.pad_token_id is None:
@@ -82,7 +105,7 @@ def load_family_tokenizer(
                 expected="an eos_token in tokenizer_config.json",
             )
         tokenizer.pad_token = tokenizer.eos_token
-    return family, tokenizer, int(tokenizer.pad_token_id)
+    return resolved.family, tokenizer, int(tokenizer.pad_token_id)
 
 
 def read_chat_template(path: str) -> str:
@@ -98,18 +121,20 @@ def read_chat_template(path: str) -> str:
     return file.read_text(encoding="utf-8")
 
 
-def load_model(settings: ModelSettings, seed: int = 0, chat_template_path: str | None = None) -> LoadedModel:
+def load_model(
+    source: ModelSettings | ResolvedModel, seed: int = 0, chat_template_path: str | None = None
+) -> LoadedModel:
     """Load (or, with `from_scratch`, initialise) a model and tokenizer as a diffusion LM."""
-    local = local_settings(settings)
-    family, config = resolve_family(local)
-    _, tokenizer, eos_id = load_family_tokenizer(local, chat_template_path)
+    resolved = _resolved(source)
+    family, tokenizer, eos_id = load_family_tokenizer(resolved, chat_template_path)
+    local = local_settings(resolved.requested)  # the same snapshot directory, now with the weights
     torch.manual_seed(seed)
-    model = family.load_model(local, config, tokenizer)
+    model = family.load_model(local, resolved.config, tokenizer)
     mask_id = _mask_token_id(model, tokenizer, local)
     model.config.mask_token_id = mask_id
     setattr(model.config, FAMILY_KEY, family.name)
-    model.config._name_or_path = settings.name_or_path  # the hub id, not its cache path
-    model.name_or_path = settings.name_or_path
+    model.config._name_or_path = resolved.requested.name_or_path  # the hub id, not its cache path
+    model.name_or_path = resolved.requested.name_or_path
     return LoadedModel(model, tokenizer, family, mask_id, eos_id)
 
 

@@ -26,11 +26,13 @@ def detect(config: dict[str, Any]) -> bool:
 
 def _require_opt_in(settings: ModelSettings) -> None:
     if not settings.trust_remote_code:
+        from sft.families import known_checkpoints  # the registry imports this module
+
         raise UserError(
             "this checkpoint's family is unknown and loading it would run its own Python code",
             file=settings.name_or_path,
             key="model.trust_remote_code",
-            expected="a Dream, LLaDA, Qwen2 or Llama checkpoint, or trust_remote_code: true if you trust it",
+            expected=f"a {known_checkpoints()} checkpoint, or trust_remote_code: true if you trust it",
         )
     warnings.warn(
         f"running the remote code shipped with {settings.name_or_path} (model.trust_remote_code is set)",
@@ -60,4 +62,6 @@ def load_model(
     )
 
 
-FAMILY = Family(name="remote", shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model)
+FAMILY = Family(
+    name="remote", titles=(), shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model
+)

@@ -9,10 +9,11 @@
                  (+ one gathered layer ×2 for prefetch under zero3/fsdp)
     activations  per decoder layer and token, at a bytes (2 under bf16/fp16, else 4):
                      a · (8·H + 4·kv + 4·I)   (+ a · 2·heads·L with eager attention: scores, probs)
-                 H hidden, kv = KV heads × head dim, I MLP width, L row length; ×T = micro-batch × L
-                 tokens × layers; LoRA with dropout adds a·(6·H + I), the adapters' dropped-out
-                 inputs. With activation checkpointing only each layer's input is kept,
-                 a·H·T per layer, plus one layer's full activations while it is recomputed. Either
+                 H hidden, kv = KV heads × head dim, I the MLP width a token runs through (dense: its
+                 width; MoE: experts per token × expert width + shared experts), L row length;
+                 ×T = micro-batch × L tokens × layers; LoRA with dropout adds a·(6·H + I), the
+                 adapters' dropped-out inputs. With activation checkpointing only each layer's input
+                 is kept, a·H·T per layer, plus one layer's full activations while it is recomputed. Either
                  way the backward pass adds one layer's activation gradients.
     loss head    the backbone's last hidden state (a·H·T, twice: norm in and out), the hidden states
                  gathered at the masked positions and their gradient, which the fused head computes
@@ -98,9 +99,9 @@ def estimate_memory(
 
     length = config.data.max_length
     tokens = args.per_device_train_batch_size * length
-    per_layer_token = act * (8 * shape.hidden_size + 4 * shape.kv_dim + 4 * shape.intermediate_size)
+    per_layer_token = act * (8 * shape.hidden_size + 4 * shape.kv_dim + 4 * shape.mlp.active_width)
     if config.lora is not None and config.lora.dropout > 0:  # each adapter's dropped-out input
-        per_layer_token += act * (6 * shape.hidden_size + shape.intermediate_size)
+        per_layer_token += act * (6 * shape.hidden_size + shape.mlp.active_width)
     if config.model.attn_implementation == "eager":
         per_layer_token += act * 2 * shape.num_heads * length
     one_layer = per_layer_token * tokens

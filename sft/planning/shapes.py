@@ -10,8 +10,10 @@ from typing import Any
 import yaml
 
 from sft.errors import UserError
+from sft.families import known_checkpoints
 from sft.families.base import read_config
-from sft.families.loader import known_config, release_family
+from sft.families.loader import find_family, known_config, release_family
+from sft.families.shapes import MlpShape, read_layer_shape
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    intermediate_size: int
+    mlp: MlpShape  # dense or a mixture of experts (the family's `layer_shape`)
     tied_embeddings: bool
     qkv_bias: bool
     dtype: str = "float32"  # the checkpoint's own dtype (what `model.dtype: auto` loads)
@@ -34,13 +36,14 @@ class ModelShape:
         return self.num_kv_heads * self.head_dim
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer of one decoder layer."""
-        h, q, kv, i = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim, self.intermediate_size
-        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+        """(in, out) of every linear layer of one decoder layer (routed experts are not linear layers)."""
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
+        return [(h, q), (h, kv), (h, kv), (q, h), *self.mlp.linear_shapes(h)]
 
     def layer_params(self) -> int:
-        bias = self.num_heads * self.head_dim + 2 * self.kv_dim if self.qkv_bias else 0
-        return sum(a * b for a, b in self.linear_shapes()) + bias + 2 * self.hidden_size
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
+        attention = 2 * h * q + 2 * h * kv + ((q + 2 * kv) if self.qkv_bias else 0)
+        return attention + self.mlp.params(h) + 2 * h
 
     def params(self) -> int:
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
@@ -52,14 +55,16 @@ class ModelShape:
 
 
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
-    """A `ModelShape` from a config.json (Qwen2/Llama keys, or a family's release layout)."""
-    family = release_family(config)
-    if family is not None:
-        config = family.native_config(config, "config.json")
-    model_type = str(config.get("model_type", "")).lower()
+    """A `ModelShape` from a config.json (transformers' keys, or a family's release layout)."""
+    release = release_family(config)
+    if release is not None:
+        config = release.native_config(config, "config.json")
+    family = find_family(config)
+    layer_shape = family.layer_shape if family is not None else read_layer_shape
     try:
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
+        layer = layer_shape(config)
         return ModelShape(
             vocab_size=int(config["vocab_size"]),
             hidden_size=hidden,
@@ -67,16 +72,16 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
             num_heads=heads,
             num_kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate_size=int(config["intermediate_size"]),
+            mlp=layer.mlp,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+            qkv_bias=layer.qkv_bias,
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32").removeprefix("torch."),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(
             f"config.json lacks a model dimension ({err})",
             key="model.name_or_path",
-            expected="a Qwen2, Llama, Dream or LLaDA config.json",
+            expected=f"a {known_checkpoints()} config.json",
         ) from None
 
 

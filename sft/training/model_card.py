@@ -27,6 +27,9 @@ from sft.families import FAMILIES
 from sft.hub import hub_name
 
 RUN_FILE = "dlm_run.json"
+"""The record of a finished run, in its output directory."""
+CHECKPOINT_FILE = "dlm_checkpoint.json"
+"""The record of a run up to a checkpoint, in that `checkpoint-N` directory (same keys as RUN_FILE)."""
 _SECRET_KEYS = re.compile(
     r"(api_?key|secret|password|passwd|credential|hub_token|api_token|access_token|auth_token|^token$)", re.I
 )
@@ -55,9 +58,10 @@ def _first(record: dict[str, Any], *keys: str) -> Any:
 
 
 def read_run_record(*directories: Path | None) -> RunRecord:
-    """The first `dlm_run.json` (else `trainer_state.json`) found in `directories`."""
-    for directory in (d for d in directories if d is not None):
-        path = Path(directory) / RUN_FILE
+    """The first run record (`dlm_run.json` or a checkpoint's `dlm_checkpoint.json`; else
+    `trainer_state.json`) found in `directories`."""
+    records = [Path(d) / name for d in directories if d is not None for name in (RUN_FILE, CHECKPOINT_FILE)]
+    for path in records:
         if path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
             return RunRecord(

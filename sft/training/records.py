@@ -1,5 +1,6 @@
 """A run's records: the final save with `dlm_run.json` and `trainer_state.json`, and the model card
-written into the output directory and every checkpoint."""
+and the record so far (`dlm_checkpoint.json`, what an export of the checkpoint reads) written into
+every checkpoint."""
 
 from __future__ import annotations
 
@@ -24,15 +25,7 @@ def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
     if not trainer.is_world_process_zero():
         return
     trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
-    record = run_record(config, trainer.state)
-    run = {
-        "source": record.source,
-        "recipe": record.recipe,
-        "global_step": record.global_step,
-        "final_train_loss": record.train_loss,
-        "final_eval_loss": record.eval_loss,
-    }
-    (output / "dlm_run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    write_record(output / model_card.RUN_FILE, run_record(config, trainer.state))
     write_run_card(output, config, trainer.state, str(getattr(trainer.model.config, FAMILY_KEY, "")))
 
 
@@ -47,6 +40,18 @@ def run_record(config: RunConfig, state: TrainerState) -> model_card.RunRecord:
         train_loss=last["loss"],
         eval_loss=last["eval_loss"],
     )
+
+
+def write_record(path: Path, record: model_card.RunRecord) -> None:
+    """A run record as `model_card.read_run_record` reads it back."""
+    run = {
+        "source": record.source,
+        "recipe": record.recipe,
+        "global_step": record.global_step,
+        "final_train_loss": record.train_loss,
+        "final_eval_loss": record.eval_loss,
+    }
+    path.write_text(json.dumps(run, indent=2, default=str) + "\n")
 
 
 def write_run_card(directory: Path, config: RunConfig, state: TrainerState, family: str) -> None:
@@ -65,7 +70,7 @@ def write_run_card(directory: Path, config: RunConfig, state: TrainerState, fami
 
 class ModelCardCallback(TrainerCallback):
     """After every checkpoint save, writes the model card into the checkpoint and the output directory
-    (where TRL and peft put their placeholder cards)."""
+    (where TRL and peft put their placeholder cards), and the run record so far into the checkpoint."""
 
     def __init__(self, config: RunConfig, family: str) -> None:
         self.config = config
@@ -75,6 +80,9 @@ class ModelCardCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         output = Path(args.output_dir)
-        for directory in (output / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", output):
+        checkpoint = output / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():
+            write_record(checkpoint / model_card.CHECKPOINT_FILE, run_record(self.config, state))
+        for directory in (checkpoint, output):
             if directory.is_dir():
                 write_run_card(directory, self.config, state, self.family)

@@ -14,7 +14,7 @@ from sft.config import RunConfig
 from sft.data.collate import DiffusionCollator, pack_examples
 from sft.data.splits import PreparedData, data_summary, prepare_data
 from sft.families.base import LoadedModel
-from sft.families.loader import load_model
+from sft.families.loader import ResolvedModel, load_model
 from sft.training.checkpoints import resume_point
 from sft.training.records import ModelCardCallback, save_run
 from sft.training.steps import run_steps
@@ -48,10 +48,11 @@ def lora_config(config: RunConfig) -> LoraConfig | None:
     )
 
 
-def build_model(config: RunConfig) -> LoadedModel:
-    """Load the model; a from-scratch model is saved to `<output_dir>/base` first, so adapters and
-    checkpoints can name their base model."""
-    loaded = load_model(config.model, config.training.seed, config.training.chat_template_path)
+def build_model(config: RunConfig, model: ResolvedModel | None = None) -> LoadedModel:
+    """Load the model (`model`: as the data preparation resolved it); a from-scratch model is saved
+    to `<output_dir>/base` first, so adapters and checkpoints can name their base model."""
+    source = model or config.model
+    loaded = load_model(source, config.training.seed, config.training.chat_template_path)
     if config.model.from_scratch:
         base = Path(config.training.output_dir) / "base"
         loaded.model.save_pretrained(base)
@@ -65,7 +66,7 @@ def build_trainer(
     config: RunConfig, data: PreparedData | None = None, loaded: LoadedModel | None = None
 ) -> DiffusionSFTTrainer:
     data = data or prepare_data(config)
-    loaded = loaded or build_model(config)
+    loaded = loaded or build_model(config, data.model)
     args = config.training
     args.mask_token_id = loaded.mask_token_id
     args.shift = loaded.family.shift

@@ -149,6 +149,8 @@ class DiffusionSFTTrainer(SFTTrainer):
             prediction_positions=(rows, source),
             prediction_targets=ids[rows, cols],
             prediction_weights=loss_weights,
+            # a MoE router's auxiliary loss, once per optimizer step as the diffusion loss
+            router_loss_weight=1 / args.gradient_accumulation_steps if training else 1.0,
         )
         self._add_noise_stats("train" if training else "eval", noised, inputs)
         return (loss, {}) if return_outputs else loss

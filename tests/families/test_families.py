@@ -10,10 +10,13 @@ from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
 from sft.config import ModelSettings
 from sft.errors import UserError
+from sft.families import base, loader
 from sft.families.llada import to_llada_name, to_llama_name
 from sft.families.loader import load_model
 from sft.families.weights import INDEX_FILE, shard_files
-from tests.conftest import tiny_qwen2_config
+from sft.recipe import build_run_config
+from sft.training.run import train
+from tests.conftest import recipe_dict, tiny_qwen2_config
 from tests.format_fixtures import llada_config, llada_logits, write_dream_dir, write_llada_dir
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 3, 3, 2]])
@@ -130,3 +133,16 @@ def test_unknown_family_loads_its_remote_code_only_when_explicitly_trusted(token
     assert type(model).__name__ == "TinyRemoteForCausalLM"
     with torch.no_grad():
         assert (model.eval()(IDS).logits - reference(IDS).logits).abs().max() < 1e-5
+
+
+def test_a_training_run_reads_config_json_and_detects_the_family_once(
+    hub_cache, chat_file, tmp_path, monkeypatch
+):
+    reads, detections = [], []
+    read, find = base._json_object, loader.find_family
+    monkeypatch.setattr(base, "_json_object", lambda path: reads.append(path) or read(path))
+    monkeypatch.setattr(loader, "find_family", lambda config: detections.append(config) or find(config))
+    raw = recipe_dict("Dream-org/Dream-v0-Base-7B", chat_file, tmp_path / "run", max_steps=1)
+    trainer = train(build_run_config(raw))
+    assert trainer.state.global_step == 1
+    assert [p.name for p in reads] == ["config.json"] and len(detections) == 1

@@ -14,8 +14,9 @@ import pytest
 from sft.cli import main
 from sft.data.splits import prepare_data
 from sft.export.shards import parse_size
+from sft.planning.memory import estimate_memory
 from sft.planning.plan import GIB, make_plan
-from sft.planning.shapes import model_shape
+from sft.planning.shapes import model_shape, shape_from_config
 from sft.recipe import build_run_config, load_recipe
 from sft.training.steps import run_steps
 from tests.conftest import REPO, recipe_dict
@@ -64,6 +65,34 @@ def test_shape_from_a_llada_layout_config_counts_its_real_weights(tmp_path, toke
     shape, source = model_shape(str(tmp_path / "llada"))
     assert source.endswith("config.json")
     assert shape.params() == sum(t.numel() for t in state.values())
+
+
+MOE = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_a_mixture_of_experts_config_plans_every_expert_and_activates_only_the_routed_ones(monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import MixtralConfig, MixtralForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    experts = dict(num_experts=4, num_experts_per_tok=2)
+    qwen2_moe = Qwen2MoeConfig(**MOE, **experts, moe_intermediate_size=16, shared_expert_intermediate_size=24)
+    mixtral = MixtralConfig(**MOE, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2)
+    for config, model_class in ((qwen2_moe, Qwen2MoeForCausalLM), (mixtral, MixtralForCausalLM)):
+        model = model_class(config)
+        shape = shape_from_config(config.to_dict())
+        assert shape.params() == sum(p.numel() for p in model.parameters())  # every expert, the router
+        assert shape.qkv_bias == config.to_dict().get("qkv_bias", False)
+    shape = shape_from_config(qwen2_moe.to_dict())
+    assert shape.mlp.active_width == 2 * 16 + 24  # two routed experts and the shared one, not all four
+    lora = get_peft_model(Qwen2MoeForCausalLM(qwen2_moe), LoraConfig(r=4, target_modules="all-linear"))
+    assert shape.lora_params(4) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe("recipes/dream-7b/sft_full.yaml", require_data=False)
+    one_expert = {**qwen2_moe.to_dict(), "num_experts": 0, "intermediate_size": 16}  # dense, one expert wide
+    dense = estimate_memory(recipe, shape_from_config(one_expert))
+    sparse = estimate_memory(recipe, shape)
+    assert sparse.weights > dense.weights and sparse.activations > dense.activations
 
 
 def test_plan_counts_tokenized_data_when_it_is_on_disk(qwen2_dir, chat_file, tmp_path):
