@@ -94,6 +94,13 @@ def load_family_tokenizer(
     `chat_template_path` when given) and the EOS-tail token id, without the weights."""
     resolved = _resolved(source)
     settings = resolved.local
+    if resolved.family.runs_remote_code and not settings.trust_remote_code:
+        raise UserError(
+            "this checkpoint's family is unknown and loading it would run its own Python code",
+            file=settings.name_or_path,
+            key="model.trust_remote_code",
+            expected=f"a {known_checkpoints()} checkpoint, or trust_remote_code: true if you trust it",
+        )
     tokenizer = resolved.family.load_tokenizer(settings)
     if chat_template_path:
         tokenizer.chat_template = read_chat_template(chat_template_path)

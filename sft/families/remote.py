@@ -15,7 +15,6 @@ from typing import Any
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import ModelSettings
-from sft.errors import UserError
 from sft.families.base import Family, load_tokenizer, require_safetensors, torch_dtype
 
 
@@ -24,16 +23,8 @@ def detect(config: dict[str, Any]) -> bool:
     return bool(config.get("auto_map"))
 
 
-def _require_opt_in(settings: ModelSettings) -> None:
-    if not settings.trust_remote_code:
-        from sft.families import known_checkpoints  # the registry imports this module
-
-        raise UserError(
-            "this checkpoint's family is unknown and loading it would run its own Python code",
-            file=settings.name_or_path,
-            key="model.trust_remote_code",
-            expected=f"a {known_checkpoints()} checkpoint, or trust_remote_code: true if you trust it",
-        )
+def _warn(settings: ModelSettings) -> None:
+    """The loader lets this family load only with `model.trust_remote_code` (`runs_remote_code`)."""
     warnings.warn(
         f"running the remote code shipped with {settings.name_or_path} (model.trust_remote_code is set)",
         stacklevel=3,
@@ -41,14 +32,14 @@ def _require_opt_in(settings: ModelSettings) -> None:
 
 
 def tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
-    _require_opt_in(settings)
+    _warn(settings)
     return load_tokenizer(settings, trust_remote_code=True)
 
 
 def load_model(
     settings: ModelSettings, config: dict[str, Any], tokenizer: PreTrainedTokenizerBase
 ) -> PreTrainedModel:
-    _require_opt_in(settings)
+    _warn(settings)
     auto_map = config.get("auto_map") or {}
     model_class = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map else AutoModel
     dtype = torch_dtype(settings)
@@ -63,5 +54,11 @@ def load_model(
 
 
 FAMILY = Family(
-    name="remote", titles=(), shift=True, detect=detect, load_tokenizer=tokenizer, load_model=load_model
+    name="remote",
+    titles=(),
+    shift=True,
+    detect=detect,
+    load_tokenizer=tokenizer,
+    load_model=load_model,
+    runs_remote_code=True,
 )
