@@ -10,11 +10,15 @@ for recipe keys.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
 from trl import SFTConfig
+
+NATIVE_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(SFTConfig))
+"""transformers >= 5.23 names the switch `activation_checkpointing`; older releases know only
+`gradient_checkpointing`, which `DiffusionSFTConfig` then sets from its own `activation_checkpointing`."""
 
 
 @dataclass
@@ -101,6 +105,8 @@ class DiffusionSFTConfig(SFTConfig):
     max_consecutive_nonfinite: int = 5
     resume_from_checkpoint: str | bool | None = "auto"
     overwrite_output_dir: bool = False
+    if not NATIVE_ACTIVATION_CHECKPOINTING:
+        activation_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -109,6 +115,8 @@ class DiffusionSFTConfig(SFTConfig):
             self.dataloader_pin_memory = False
         if self.activation_checkpointing is None:  # TRL's `gradient_checkpointing` is the old name
             self.activation_checkpointing = self.gradient_checkpointing
+        if not NATIVE_ACTIVATION_CHECKPOINTING:
+            self.gradient_checkpointing = self.activation_checkpointing
         # The dataset arrives tokenized with its own columns; TRL must not re-tokenize or drop them.
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.remove_unused_columns = False
@@ -213,8 +221,10 @@ class ModelSettings:
         loading them; the initial weights are saved to `<output_dir>/base` so adapters and
         checkpoints can name their base model.
     dtype: `auto`, `float32`, `bfloat16` or `float16` for the loaded weights.
-    attn_implementation: `sdpa` (default), `eager` or `flash_attention_2` (falls back to SDPA
-        with a warning when flash-attn is not installed).
+    attn_implementation: `auto` (default: flash-attn when installed, else torch's own varlen
+        FlashAttention `torch_varlen` on CUDA, else SDPA), `sdpa`, `eager`, `flash_attention_2` or
+        `torch_varlen` (each falls back to SDPA with a warning when unavailable; see
+        `sft/attention.py`), or `flex_attention` (padded batches only: it ignores packed boundaries).
     mask_token: the mask token's text, used when the config has no `mask_token_id`.
     """
 
@@ -224,7 +234,9 @@ class ModelSettings:
     tokenizer: str | None = None
     from_scratch: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flash_attention_2", "torch_varlen", "flex_attention"
+    ] = "auto"
     mask_token: str = "<|mask|>"
 
 

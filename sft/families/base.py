@@ -11,7 +11,6 @@ registers the families; `sft/families/loader.py` picks one and loads a model wit
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Tokenizer
 
 from sft import hub
+from sft.attention import resolve_attn_implementation
 from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families.weights import shard_files
@@ -162,15 +162,3 @@ def instantiate(
         use_safetensors=True,
         **load_kwargs,
     )
-
-
-def resolve_attn_implementation(requested: str) -> str:
-    """flash_attention_2 when installed, else SDPA with a warning."""
-    if requested != "flash_attention_2":
-        return requested
-    from transformers.utils import is_flash_attn_2_available
-
-    if is_flash_attn_2_available():
-        return requested
-    warnings.warn("flash-attn is not installed (pip install 'dlm-sft[flash]'); using SDPA", stacklevel=2)
-    return "sdpa"
