@@ -43,6 +43,8 @@ except ImportError:  # torch < 2.10
     varlen_attn = None
 
 TORCH_VARLEN = "torch_varlen"
+VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+"""The dtypes torch's `varlen_attn` (aten's flash kernels) takes."""
 PACKED_VARLEN = ("flash_attention_2", TORCH_VARLEN, "sdpa")
 """Implementations that keep packed documents apart given the varlen keywords."""
 
@@ -145,7 +147,7 @@ def torch_varlen_attention(
 
     query (B, H, L, D), key/value (B, H_kv, L, D) -> (B, L, H, D), as every attention function.
     """
-    segmented = cu_seq_lens_q is not None and query.dtype in (torch.float16, torch.bfloat16)
+    segmented = cu_seq_lens_q is not None and query.dtype in VARLEN_DTYPES
     if not segmented or varlen_attn is None:
         return segmented_sdpa_attention(
             module,
