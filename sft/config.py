@@ -21,6 +21,13 @@ NATIVE_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f
 `gradient_checkpointing`, which `DiffusionSFTConfig` then sets from its own `activation_checkpointing`."""
 
 
+def activation_checkpointing_on(model: Any) -> bool:
+    """Whether `model` checkpoints activations (`is_gradient_checkpointing` before transformers 5.23)."""
+    if NATIVE_ACTIVATION_CHECKPOINTING:
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
 @dataclass
 class DiffusionSFTConfig(SFTConfig):
     r"""`SFTConfig` for masked-diffusion SFT: the recipe's `training:` and `diffusion:` sections.

@@ -23,6 +23,8 @@ from sft.errors import UserError
 from sft.recipe import build_run_config
 from tests.conftest import recipe_dict
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 # two rows: documents 0 (3 tokens) and 1 (2 tokens) then one padding token; document 2 (4 tokens)
 # then two padding tokens
 DOC_IDS = torch.tensor([[0, 0, 0, 1, 1, -1], [2, 2, 2, 2, -1, -1]])
@@ -214,7 +216,6 @@ def test_torch_varlen_without_segments_or_in_float32_is_sdpa(monkeypatch):
     assert torch.allclose(got, block_diagonal_sdpa(query, key, value, 0.3), atol=1e-6)
 
 
-@pytest.mark.smoke
 def test_packed_rows_under_an_implementation_that_ignores_boundaries_are_refused():
     with pytest.raises(UserError, match="'flex_attention' attention would let packed documents attend"):
         attention_inputs(packed_batch(), "flex_attention", torch.float32)
@@ -222,7 +223,6 @@ def test_packed_rows_under_an_implementation_that_ignores_boundaries_are_refused
     assert attention_inputs(padded, "flex_attention", torch.float32)["attention_mask"] is not None
 
 
-@pytest.mark.smoke
 def test_a_packing_recipe_naming_flex_attention_is_a_one_line_error(qwen2_dir, chat_file, tmp_path):
     raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "run")
     raw["data"]["batching"] = "pack"
@@ -235,7 +235,6 @@ def test_a_packing_recipe_naming_flex_attention_is_a_one_line_error(qwen2_dir, c
     assert build_run_config(raw).model.attn_implementation == "flex_attention"
 
 
-@pytest.mark.smoke
 def test_auto_picks_flash_attn_then_torch_varlen_on_cuda_and_sdpa_elsewhere(monkeypatch):
     import transformers.utils
 

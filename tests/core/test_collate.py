@@ -7,6 +7,8 @@ import torch
 
 from sft.collate import DiffusionCollator
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 EOS = 0
 
 

@@ -18,6 +18,8 @@ from sft.config import ModelSettings
 from sft.families.loader import load_model
 from sft.prediction_head import enable_prediction_positions
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 CHUNK = 4  # masked positions per head chunk: each micro-batch below has several chunks
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from sft.linear_cross_entropy import linear_cross_entropy
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 VOCAB, HIDDEN = 50, 16
 
 

@@ -22,6 +22,8 @@ from sft.run import build_trainer
 from tests.conftest import recipe_dict
 from tests.core.test_attention import reference_varlen_attn
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 
 def test_best_fit_decreasing_fills_rows_without_overflow():
     rng = random.Random(0)

@@ -14,6 +14,8 @@ from sft.errors import UserError
 from sft.recipe import load_recipe
 from tests.conftest import REPO, recipe_dict
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 QUICKSTART = REPO / "recipes" / "quickstart" / "sort_digits.yaml"
 
 
