@@ -141,9 +141,10 @@ def torch_varlen_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """With `cu_seq_lens_q`, torch's `varlen_attn` over the flattened batch (bidirectional, grouped
-    K/V heads repeated where this torch's kernel has no `enable_gqa`); float32 inputs, which the
-    kernel does not take, run the per-segment SDPA instead. Without them transformers' SDPA.
+    """With `cu_seq_lens_q`, torch's `varlen_attn` over the flattened batch (bidirectional unless the
+    model says `is_causal`, as a diffusion LM never does; grouped K/V heads repeated where this
+    torch's kernel has no `enable_gqa`); float32 inputs, which the kernel does not take, run the
+    per-segment SDPA instead. Without them transformers' SDPA.
 
     query (B, H, L, D), key/value (B, H_kv, L, D) -> (B, L, H, D), as every attention function.
     """
@@ -180,8 +181,12 @@ def torch_varlen_attention(
         raise ValueError(
             "this torch's varlen_attn has no `scale`; the model's scaling is not 1/sqrt(head_dim)"
         )
-    if "is_causal" in parameters:  # torch 2.10; later releases are bidirectional unless `window_size` says
-        options["is_causal"] = False
+    causal = kwargs.get("is_causal")  # the model passes its config's; transformers' default otherwise
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    if "window_size" in parameters:  # torch >= 2.11: (-1, -1) full attention, (-1, 0) causal
+        options["window_size"] = (-1, 0) if causal else (-1, -1)
+    else:  # torch 2.10
+        options["is_causal"] = causal
     out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, **options)
     return out.view(batch, width, heads, dim), None
 

@@ -120,13 +120,17 @@ def reference_varlen_attn(
     """torch 2.11's `varlen_attn` (no `enable_gqa`) in plain torch: (T, H, D), attention within segments."""
     assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k
     assert query.shape[1] == key.shape[1] == value.shape[1]  # this release cannot group K/V heads
-    assert window_size == (-1, -1) and return_aux is None  # full (bidirectional) attention
+    assert window_size in ((-1, -1), (-1, 0)) and return_aux is None  # full or causal attention
     bounds = cu_seq_q.tolist()
     assert max(e - s for s, e in zip(bounds[:-1], bounds[1:])) == max_q
     return torch.cat(
         [
             F.scaled_dot_product_attention(
-                query[s:e].transpose(0, 1), key[s:e].transpose(0, 1), value[s:e].transpose(0, 1), scale=scale
+                query[s:e].transpose(0, 1),
+                key[s:e].transpose(0, 1),
+                value[s:e].transpose(0, 1),
+                scale=scale,
+                is_causal=window_size == (-1, 0),
             ).transpose(0, 1)
             for s, e in zip(bounds[:-1], bounds[1:])
         ]
@@ -160,7 +164,7 @@ def test_torch_varlen_hands_the_segments_to_the_kernel_with_kv_heads_repeated(va
     inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
     inputs.pop("attention_mask"), inputs.pop("position_ids")
     got, _ = AttentionInterface()[TORCH_VARLEN](Attention(), query, key, value, None, scaling=0.3, **inputs)
-    assert varlen_kernel == [{"scale": 0.3}]  # no `is_causal`, no `enable_gqa` for this signature
+    assert varlen_kernel == [{"scale": 0.3, "window_size": (-1, -1)}]  # bidirectional; no `enable_gqa` here
     assert got.shape == (2, 6, 4, 8)
     assert torch.allclose(got, block_diagonal_sdpa(query, key, value, 0.3), atol=1e-6)
 
@@ -168,11 +172,13 @@ def test_torch_varlen_hands_the_segments_to_the_kernel_with_kv_heads_repeated(va
 def test_torch_varlen_lets_a_kernel_with_enable_gqa_group_the_kv_heads(monkeypatch):
     seen = []
 
-    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, enable_gqa=False):
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size, enable_gqa):
         seen.append((key.shape[1], enable_gqa))
         repeat = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
-        return reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale)
+        return reference_varlen_attn(
+            query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size
+        )
 
     monkeypatch.setattr(attention, "varlen_attn", kernel)
     query, key, value = (s.bfloat16() for s in qkv(2, 6))
@@ -181,6 +187,19 @@ def test_torch_varlen_lets_a_kernel_with_enable_gqa_group_the_kv_heads(monkeypat
     got, _ = torch_varlen_attention(Attention(), query, key, value, None, scaling=0.3, **inputs)
     assert seen == [(2, True)]
     assert torch.allclose(got.float(), block_diagonal_sdpa(query, key, value, 0.3).float(), atol=1e-2)
+
+
+def test_torch_varlen_is_causal_only_when_the_model_says_so(varlen_kernel):
+    query, key, value = qkv(2, 6)
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = torch_varlen_attention(
+        Attention(), query, key, value, None, scaling=0.3, is_causal=True, **inputs
+    )
+    assert varlen_kernel[-1]["window_size"] == (-1, 0)
+    causal = (DOC_IDS[:, :, None] == DOC_IDS[:, None, :]) & torch.ones(6, 6, dtype=torch.bool).tril()
+    expected, _ = sdpa_attention_forward(Attention(), query, key, value, causal[:, None], scaling=0.3)
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_a_torch_2_10_kernel_is_told_to_attend_both_ways(monkeypatch):
