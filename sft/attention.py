@@ -16,6 +16,10 @@ documents that must not attend to each other; transformers separates them by res
 - `eager`, the plain reference implementation: a block-diagonal additive 4-D mask (padding
   attends only to itself, so no row of the mask is empty).
 
+Where the varlen keywords are given they alone say which tokens attend to which (with the model's
+`is_causal`): a mask transformers derives from the restarted `position_ids` (causal models only,
+e.g. an AR baseline) describes the same documents and is not used.
+
 Any other implementation (e.g. `flex_attention`, which ignores the varlen keywords) would let packed
 documents attend to each other: packed rows under it are a `UserError`.
 `model.attn_implementation: auto` picks flash-attn, else `torch_varlen` on CUDA, else SDPA
@@ -111,8 +115,8 @@ def segmented_sdpa_attention(
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     same_segments = cu_seq_lens_k is cu_seq_lens_q or torch.equal(cu_seq_lens_q, cu_seq_lens_k)
-    if not same_segments or attention_mask is not None:
-        raise ValueError("segmented SDPA needs the same query and key segments and no attention mask")
+    if not same_segments:
+        raise ValueError("segmented SDPA needs the same query and key segments")
     batch, heads, width, _ = query.shape
     lengths = cu_seq_lens_q.diff().tolist()
 
@@ -164,8 +168,8 @@ def torch_varlen_attention(
             dropout=dropout,
             **kwargs,
         )
-    if attention_mask is not None or dropout:
-        raise ValueError("torch_varlen attention takes no attention mask and no dropout")
+    if dropout:
+        raise ValueError("torch_varlen attention has no dropout")
     batch, heads, width, dim = query.shape
     q, k, v = (s.transpose(1, 2).reshape(batch * width, s.shape[1], dim) for s in (query, key, value))
     parameters = kernel_parameters(varlen_attn)
