@@ -30,8 +30,8 @@ wheels=(
 mkdir -p "$dir"
 python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$dir" \
     --implementation cp --python-version "$python_version" \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     "${wheels[@]}"
 ls -l "$dir"/*.whl | awk '{printf "%10d  %s\n", $5, $NF}'
 total=$(cat "$dir"/*.whl | wc -c)
