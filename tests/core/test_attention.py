@@ -268,3 +268,20 @@ def test_auto_picks_flash_attn_then_torch_varlen_on_cuda_and_sdpa_elsewhere(monk
     assert resolve_attn_implementation(TORCH_VARLEN) == TORCH_VARLEN
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
     assert resolve_attn_implementation("auto") == "flash_attention_2"
+
+
+def test_auto_on_cuda_loads_the_model_under_torch_varlen_which_padded_batches_run_as_sdpa(
+    qwen2_dir, monkeypatch
+):
+    from sft.config import ModelSettings
+    from sft.families.loader import load_model
+
+    reference = load_model(ModelSettings(name_or_path=str(qwen2_dir), attn_implementation="sdpa")).model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "varlen_attn", reference_varlen_attn)
+    model = load_model(ModelSettings(name_or_path=str(qwen2_dir))).model  # model.attn_implementation: auto
+    assert model.config._attn_implementation == TORCH_VARLEN
+    ids, mask = torch.randint(4, 200, (2, 9)), torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
+    with torch.no_grad():
+        got, expected = (m(input_ids=ids, attention_mask=mask).logits for m in (model, reference))
+    assert torch.allclose(got[mask.bool()], expected[mask.bool()], atol=1e-5)
