@@ -1,76 +1,117 @@
-"""The GPU path in one run on one GPU: five checks, one line each (about 8 minutes on an H100/H200).
+"""The GPU path in one run on one GPU: one line per check and a summary line (minutes on an H100).
 
-Needs only torch, transformers and this package (flash-attn when importable, SDPA otherwise) and
-downloads nothing: the models are built from configs, the tokenizer is the quickstart's.
+Runs from a checkout without `pip install` (the repository root is put on `sys.path`) on an image
+with torch, transformers, accelerate and peft; trl and datasets (which the training path imports)
+arrive as the wheels `benchmarks/gpu_wheels.sh` downloads (docs/distributed.md). Downloads nothing:
+the models are built from configs, the tokenizer is the quickstart's.
 
     python benchmarks/gpu_check.py           # on a CUDA GPU; paste the lines into benchmarks/RESULTS.md
     python benchmarks/gpu_check.py --smoke   # every check's code path on the CPU at toy size (the suite)
 
-a  packed parity: 4 packed rows per device batch under each attention implementation against the
-   same documents padded one per row under SDPA: loss and hidden states (documents must not leak)
-b  pad vs pack: real (non-padding) tokens/s training on the same documents, one per row vs packed
-c  MFU of a Qwen2.5-0.5B-shaped diffusion LM (hidden 896, 24 layers, vocab 151,936), bf16, packed,
-   AdamW, this toolkit's `compute_loss` (logits only at masked positions); target >= 40%
-d  peak GPU memory of (c) against `dlm-sft plan`'s estimate (`sft/planning/memory.py`) for the same
-   shape, batch and settings
-e  two optimizer steps each of LoRA and of full fine-tuning of a tiny Dream-layout checkpoint through
-   `dlm-sft train`'s code (`sft.training.run.train`), bf16, activation checkpointing on
+probe ATTN     per attention path (sdpa, torch_varlen, flash_attention_2 when installed): packed rows
+               of a bidirectional Qwen2 (bf16, grouped K/V heads) against each document run alone
+               (SDPA): hidden states and layer-0 gradients; then a perturbation: changing each
+               document's last token must move its first token's hidden state (bidirectional) and
+               no other document's (no leak). Under --smoke torch_varlen's CUDA kernel is replaced
+               by a plain-torch stand-in (`cpu_varlen_attn`).
+control ATTN   the same probe on the causal model (`config.is_causal`) must fail: its first tokens
+               do not move. A probe that a causal model passes could not see lost bidirectionality.
+throughput     a Qwen2.5-0.5B-shaped body (hidden 896, 24 layers, 14 heads / 2 K/V heads, vocabulary
+               151,936, random init), bf16 weights, packed rows of 4,096 tokens, AdamW, this
+               toolkit's `compute_loss` (fused LM head at the masked positions only), attention as
+               `model.attn_implementation: auto` picks it: tokens/s, MFU, peak memory, and
+               `dlm-sft plan`'s estimate for the same shape
+baseline       the same rows through a plain AR SFT step of the same model (causal, every logit,
+               transformers' loss: what TRL users run): tokens/s, MFU, peak memory, and the
+               diffusion/AR tokens/s ratio
+e2e            `dlm-sft train --accelerate ddp` (1 process on a GPU; 2 gloo processes on --smoke) of a
+               tiny Dream-layout checkpoint with packed rows, then `dlm-sft export` and `dlm-sft generate`
 
-Model FLOPs per step (c) = 6·(non-embedding parameters)·tokens + 6·hidden·vocab·(masked tokens)
-+ 12·layers·hidden·Σ_documents length² (bidirectional attention within each document).
-The process exits 1 when a check fails.
+Model FLOPs per optimizer step (N: non-embedding parameters, T: tokens, M: masked tokens, d: hidden
+size, V: vocabulary, n: layers; attention costs 4·d·len² per layer forward, ×3 with the backward,
+half of it when causal):
+    diffusion  6·N·T + 6·d·V·M + 12·n·d·Σ_documents len²
+    AR         6·N·T + 6·d·V·T + 6·n·d·Σ_documents len²
+MFU divides by the GPU's dense bf16 peak. The process exits 1 when a check fails.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-import numpy as np
-import torch
-import transformers
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-from transformers.utils import is_flash_attn_2_available
-
-from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings, RunConfig
-from sft.data.collate import DiffusionCollator, pack_examples
-from sft.planning.memory import estimate_memory
-from sft.planning.shapes import shape_from_config
-from sft.recipe import build_run_config
-from sft.tasks.sort_digits import make_rows
-from sft.training.attention import attention_inputs
-from sft.training.run import train
-from sft.training.trainer import DiffusionSFTTrainer
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout: `sft` without `pip install`
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import sft.training.attention  # noqa: E402
+from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings, RunConfig  # noqa: E402
+from sft.data.collate import DiffusionCollator, pack_examples  # noqa: E402
+from sft.planning.memory import estimate_memory  # noqa: E402
+from sft.planning.shapes import shape_from_config  # noqa: E402
+from sft.tasks.sort_digits import make_rows  # noqa: E402
+from sft.training.attention import TORCH_VARLEN, attention_inputs, resolve_attn_implementation  # noqa: E402
+from sft.training.trainer import DiffusionSFTTrainer  # noqa: E402
+
 QUICKSTART_MODEL = ROOT / "recipes" / "quickstart" / "model"
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
-MFU_TARGET = 0.40
-PARITY_TOLERANCE = 2e-2  # relative L2 error of the hidden states, bf16 (a leak: >= 1e-1)
-QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24)
-TOY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0}
+HIDDEN_TOLERANCE = 2e-2  # relative L2 error of bf16 hidden states, packed vs alone (a leak: >= 1e-1)
+GRAD_TOLERANCE = 5e-2  # the same for layer 0's gradients
+MOVES = 1e-3  # a first token "moves": its hidden state changes by at least this much, relatively
+STILL = 1e-4  # another document "does not move": its largest relative change is at most this
 
 
 @dataclass
 class Sizes:
-    shape: dict
+    probe: dict  # the probe model's shape
+    documents: list[list[int]]  # probe: document lengths per packed row
+    body: dict  # the throughput model's shape
     heads: int
-    rows: int  # packed rows per device batch in (b)-(d)
+    rows: int  # packed rows per step
     max_length: int
     steps: int
     warmup: int
+    e2e_processes: int
 
 
-FULL = Sizes(QWEN25_05B, heads=14, rows=8, max_length=4096, steps=20, warmup=3)
-SMOKE = Sizes(TOY, heads=2, rows=2, max_length=256, steps=2, warmup=1)
+QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24)
+FULL = Sizes(
+    probe=dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=4),
+    documents=[[300, 77, 129], [512, 41, 200, 9]],
+    body=QWEN25_05B,
+    heads=14,
+    rows=4,
+    max_length=4096,
+    steps=10,
+    warmup=2,
+    e2e_processes=1,
+)
+SMOKE = Sizes(
+    probe=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2),
+    documents=[[19, 7, 12], [24, 5, 9]],
+    body=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2),
+    heads=4,
+    rows=2,
+    max_length=256,
+    steps=2,
+    warmup=1,
+    e2e_processes=2,
+)
 
 
 def synchronize(device: str) -> None:
@@ -78,9 +119,158 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def documents(rng: np.random.Generator, tokens: int, max_length: int, vocab: int) -> datasets.Dataset:
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def qwen2(shape: dict, heads: int, attn: str, device: str, causal: bool = False) -> Qwen2ForCausalLM:
+    config = Qwen2Config(
+        **shape,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+        is_causal=causal,
+    )
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(config).to(device, torch.bfloat16)
+
+
+def cpu_varlen_attn(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+) -> torch.Tensor:
+    """--smoke's stand-in for torch 2.11's `varlen_attn` (CUDA only): (T, H, D), SDPA per segment."""
+    bounds = cu_seq_q.tolist()
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                *(s[a:b].transpose(0, 1) for s in (query, key, value)),
+                scale=scale,
+                is_causal=window_size == (-1, 0),
+            ).transpose(0, 1)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+
+
+# ------------------------------------------------------------------------- probe and control
+@dataclass
+class Packed:
+    batch: dict[str, torch.Tensor]
+    spans: list[tuple[int, int, int]]  # (row, start, length) of each document
+
+
+def packed_documents(lengths: list[list[int]], vocab: int, device: str) -> Packed:
+    """Random-token documents packed into rows as listed, each row ending in 3 padding tokens."""
+    width = max(sum(row) for row in lengths) + 3
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab, (len(lengths), width), generator=generator)
+    doc_ids = torch.full((len(lengths), width), -1)
+    positions = torch.zeros((len(lengths), width), dtype=torch.long)
+    spans = []
+    for row, row_lengths in enumerate(lengths):
+        start = 0
+        for length in row_lengths:
+            doc_ids[row, start : start + length] = len(spans)
+            positions[row, start : start + length] = torch.arange(length)
+            spans.append((row, start, length))
+            start += length
+    batch = {
+        "input_ids": input_ids,
+        "doc_ids": doc_ids,
+        "positions": positions,
+        "example_ids": torch.arange(len(spans)),
+        "attention_mask": (doc_ids >= 0).long(),
+    }
+    return Packed({k: v.to(device) for k, v in batch.items()}, spans)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def probe(model: Qwen2ForCausalLM, attn: str, packed: Packed) -> tuple[float, float, float, float]:
+    """(hidden error, layer-0 gradient error, smallest first-token move, largest other-document
+    move) of the packed rows under `attn` against each document alone under SDPA."""
+    decoder, spans, batch = model.get_decoder(), packed.spans, packed.batch
+    layer0 = list(decoder.layers[0].parameters())
+    projection = torch.randn(max(n for _, _, n in spans), model.config.hidden_size, device=model.device)
+
+    def packed_hidden(input_ids: torch.Tensor) -> torch.Tensor:
+        model.config._attn_implementation = attn
+        return decoder(input_ids=input_ids, **attention_inputs(batch, attn, torch.bfloat16)).last_hidden_state
+
+    def documents(hidden: torch.Tensor) -> list[torch.Tensor]:
+        return [hidden[row, start : start + n] for row, start, n in spans]
+
+    def objective(hiddens: list[torch.Tensor]) -> torch.Tensor:
+        return sum((h.float() * projection[: h.shape[0]]).sum() for h in hiddens)
+
+    together = documents(packed_hidden(batch["input_ids"]))
+    grads_together = torch.autograd.grad(objective(together), layer0)
+    model.config._attn_implementation = "sdpa"
+    alone = [
+        decoder(
+            input_ids=batch["input_ids"][row, start : start + n][None],
+            position_ids=torch.arange(n, device=model.device)[None],
+        ).last_hidden_state[0]
+        for row, start, n in spans
+    ]
+    grads_alone = torch.autograd.grad(objective(alone), layer0)
+    hidden_error = max(relative(t, a) for t, a in zip(together, alone))
+    grad_error = relative(
+        torch.cat([g.flatten() for g in grads_together]), torch.cat([g.flatten() for g in grads_alone])
+    )
+
+    first_moves, other_moves = [], []
+    with torch.no_grad():
+        reference = documents(packed_hidden(batch["input_ids"]))
+        for changed, (row, start, n) in enumerate(spans):
+            input_ids = batch["input_ids"].clone()
+            input_ids[row, start + n - 1] = (input_ids[row, start + n - 1] + 1) % model.config.vocab_size
+            moved = documents(packed_hidden(input_ids))
+            first_moves.append(relative(moved[changed][0], reference[changed][0]))
+            other_moves += [relative(m, r) for k, (m, r) in enumerate(zip(moved, reference)) if k != changed]
+    return hidden_error, grad_error, min(first_moves), max(other_moves, default=0.0)
+
+
+def check_probes(sizes: Sizes, attns: list[str], device: str) -> Iterator[tuple[str, bool]]:
+    packed = packed_documents(sizes.documents, sizes.probe["vocab_size"], device)
+    docs = f"docs={len(packed.spans)} rows={len(sizes.documents)}"
+    for causal in (False, True):
+        model = qwen2(sizes.probe, 4, "sdpa", device, causal=causal)
+        for attn in attns:
+            hidden, grad, first, others = probe(model, attn, packed)
+            numbers = (
+                f"hidden_err={hidden:.1e} grad_err={grad:.1e} "
+                f"first_moved>={first:.1e} others_moved<={others:.1e}"
+            )
+            no_leak = hidden <= HIDDEN_TOLERANCE and grad <= GRAD_TOLERANCE and others <= STILL
+            bidirectional = first >= MOVES
+            if not causal:
+                yield f"probe attn={attn} {docs} {numbers}", no_leak and bidirectional
+            else:  # the positive control: the probe must see that a causal model is not bidirectional
+                yield f"control causal_model attn={attn} {numbers} probe=FAIL(expected)", not bidirectional
+
+
+# --------------------------------------------------------------------- throughput and baseline
+def random_documents(rng: np.random.Generator, tokens: int, max_length: int, vocab: int):
     """Random-token documents with lognormal prompt and response lengths (medians max_length/32 and
     max_length/12: ~128 and ~340 tokens at 4096, several documents per packed row at any size)."""
+    import datasets
+
     docs, total = [], 0
     while total < tokens:
         prompt = int(np.clip(rng.lognormal(math.log(max_length / 32), 1.0), 4, max_length // 2))
@@ -91,134 +281,58 @@ def documents(rng: np.random.Generator, tokens: int, max_length: int, vocab: int
     return datasets.Dataset.from_list(docs)
 
 
-def qwen2_model(sizes: Sizes, device: str, attn: str) -> Qwen2ForCausalLM:
-    config = Qwen2Config(
-        **sizes.shape,
-        num_attention_heads=sizes.heads,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_theta=1e6,
-        tie_word_embeddings=True,
-        is_causal=False,
-    )
-    config._attn_implementation = attn
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(config).to(device, torch.bfloat16)
-
-
-def make_trainer(model, args: DiffusionSFTConfig, collator: DiffusionCollator, rows) -> DiffusionSFTTrainer:
-    tokenizer = AutoTokenizer.from_pretrained(QUICKSTART_MODEL)  # saved with checkpoints, never used here
-    return DiffusionSFTTrainer(
-        model,
-        args,
-        eos_token_id=collator.eos_token_id,
-        max_length=collator.max_length,
-        data_collator=collator,
-        train_dataset=rows,
-        processing_class=tokenizer,
-    )
-
-
-def batches(collator: DiffusionCollator, rows, per_batch: int, device: str):
-    for start in range(0, len(rows) - per_batch + 1, per_batch):
-        batch = collator([rows[i] for i in range(start, start + per_batch)])
-        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-# --------------------------------------------------------------------------- (a)
-def check_parity(
-    trainer: DiffusionSFTTrainer, pack: DiffusionCollator, rows, attns: list[str], device: str
-) -> str:
-    """4 packed rows under each implementation vs the same documents padded one per row under SDPA:
-    the loss (evaluation noise, so the same masks) and the backbone's output at every document
-    token. The loss of a random-weight model hardly depends on context, so the verdict is on the
-    hidden states, which a leak across documents moves by ~10% even at 2 layers."""
-    model, docs = trainer.model, pack.examples
-    packed = pack([rows[i] for i in range(4)])
-    padded = DiffusionCollator(pack.eos_token_id, pack.max_length, pack.eos_tail, pack.eos_tail_n)(
-        [docs[i] for i in packed["example_ids"].tolist()]  # example ids are indices into `docs`
-    )
-
-    def run(batch: dict, attn: str) -> tuple[float, torch.Tensor]:
-        """(loss, hidden states at document tokens ordered by (example id, position))."""
-        model.config._attn_implementation = attn
-        batch = {k: v.to(device) for k, v in batch.items()}
-        rows, cols = (batch["doc_ids"] >= 0).nonzero(as_tuple=True)
-        order = torch.argsort(
-            batch["example_ids"][batch["doc_ids"][rows, cols]] * 2**20 + batch["positions"][rows, cols]
-        )
-        with torch.no_grad():
-            loss = float(trainer.compute_loss(model, batch))
-            inputs = attention_inputs(batch, attn, torch.bfloat16)
-            hidden = model.get_decoder()(input_ids=batch["input_ids"], **inputs).last_hidden_state
-        return loss, hidden[rows, cols][order].float()
-
-    model.eval()
-    loss_ref, hidden_ref = run(padded, "sdpa")
-    parts, ok = [], True
-    for attn in attns:
-        loss, hidden = run(packed, attn)
-        error = float((hidden - hidden_ref).norm() / hidden_ref.norm())
-        parts.append(
-            f"{attn}: loss_rel_diff={abs(loss - loss_ref) / loss_ref:.1e} hidden_rel_err={error:.1e}"
-        )
-        ok &= error <= PARITY_TOLERANCE
-    model.train()
-    model.config._attn_implementation = attns[0]
-    docs_in_rows = len(packed["example_ids"])
-    return (
-        f"a packed_parity_vs_sdpa_padded batch=4 docs={docs_in_rows} {' '.join(parts)} "
-        f"tol={PARITY_TOLERANCE:g} {verdict(ok)}"
-    )
-
-
-# --------------------------------------------------------------------------- (b)-(d)
 @dataclass
 class Timed:
-    seconds: float
-    tokens: int
-    flops: float
+    tokens_per_s: float
+    tflops: float
+    peak_gib: float
+    losses_finite: bool
 
 
-def timed_training(trainer, batch_stream, sizes: Sizes, device: str) -> Timed:
-    """`warmup` untimed steps, then `steps` timed AdamW steps; model FLOPs as in the docstring."""
-    model, config = trainer.model, trainer.model.config
+def timed(
+    step: Callable[[dict], tuple[torch.Tensor, float]], model, batches, sizes: Sizes, device: str
+) -> Timed:
+    """`warmup` untimed, then `steps` timed AdamW steps; `step(batch)` returns (loss, model FLOPs)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
-    body = sum(
-        p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n
-    )
-    tokens, attention_flops, start = 0, 0.0, 0.0
-    for step, batch in zip(range(sizes.warmup + sizes.steps), batch_stream):
-        if step == sizes.warmup:
+    tokens, flops, finite, start = 0, 0.0, True, 0.0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for index, batch in zip(range(sizes.warmup + sizes.steps), batches):
+        if index == sizes.warmup:
             synchronize(device)
-            trainer._noise_sums.clear()  # masked tokens are counted from here
-            start, tokens, attention_flops = time.perf_counter(), 0, 0.0
-        trainer.state.global_step = step
-        trainer.compute_loss(model, batch).backward()
+            start, tokens, flops = time.perf_counter(), 0, 0.0
+        loss, step_flops = step(batch)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        finite &= bool(torch.isfinite(loss.detach()))
         tokens += int(batch["attention_mask"].sum())
-        lengths = torch.bincount(batch["doc_ids"][batch["doc_ids"] >= 0]).double()
-        attention_flops += 12 * config.num_hidden_layers * config.hidden_size * float((lengths**2).sum())
+        flops += step_flops
     synchronize(device)
     seconds = time.perf_counter() - start
-    masked = float(trainer._noise_sums.pop("train")[0])
-    flops = 6 * body * tokens + 6 * config.hidden_size * config.vocab_size * masked + attention_flops
-    return Timed(seconds, tokens, flops)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    del optimizer
+    return Timed(tokens / seconds, flops / seconds / 1e12, peak, finite)
 
 
-def plan_estimate_gib(model, args: DiffusionSFTConfig, sizes: Sizes, attn: str) -> float:
-    """`dlm-sft plan`'s per-GPU total for this shape and batch (one process, no sharding)."""
-    run = RunConfig(
-        model=ModelSettings(name_or_path="qwen2.5-0.5b-shape", dtype="bfloat16", attn_implementation=attn),
-        data=DataSettings(max_length=sizes.max_length, batching="pack"),
-        training=args,
-    )
-    return estimate_memory(run, shape_from_config(model.config.to_dict()), "ddp", 1).total / 2**30
+def attention_flops(model, batch: dict, causal: bool) -> float:
+    lengths = torch.bincount(batch["doc_ids"][batch["doc_ids"] >= 0]).double()
+    config = model.config
+    return (6 if causal else 12) * config.num_hidden_layers * config.hidden_size * float((lengths**2).sum())
 
 
-def check_throughput(sizes: Sizes, device: str, attn: str, gpu: str, workdir: Path) -> Iterator[str]:
-    model = qwen2_model(sizes, device, attn)
+def mfu(tflops: float, gpu: str) -> str:
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+    return f"mfu={tflops / peak:.3f}" if peak else "mfu=n/a(no bf16 peak known for this device)"
+
+
+def memory(peak_gib: float) -> str:
+    return "peak=n/a(cpu)" if math.isnan(peak_gib) else f"peak={peak_gib:.2f}GiB"
+
+
+def check_throughput(sizes: Sizes, device: str, gpu: str, workdir: Path) -> Iterator[tuple[str, bool]]:
+    attn = resolve_attn_implementation("auto")
+    model = qwen2(sizes.body, sizes.heads, attn, device)
     args = DiffusionSFTConfig(
         output_dir=str(workdir / "throughput"),
         report_to=[],
@@ -231,39 +345,78 @@ def check_throughput(sizes: Sizes, device: str, attn: str, gpu: str, workdir: Pa
         per_device_train_batch_size=sizes.rows,
     )
     eos = model.config.vocab_size - 1
-    rng = np.random.default_rng(0)
-    docs = documents(rng, (sizes.steps + sizes.warmup) * sizes.rows * sizes.max_length, sizes.max_length, eos)
-    pack = DiffusionCollator.from_args(args, eos, sizes.max_length, docs)
-    packed_rows = pack_examples(docs, pack)
-    trainer = make_trainer(model, args, pack, packed_rows)
-    yield check_parity(trainer, pack, packed_rows, [attn, "sdpa"] if attn != "sdpa" else ["sdpa"], device)
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    packed = timed_training(trainer, batches(pack, packed_rows, sizes.rows, device), sizes, device)
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    pad = DiffusionCollator.from_args(args, eos, sizes.max_length)  # as many rows, one document each
-    padded = timed_training(trainer, batches(pad, docs, sizes.rows, device), sizes, device)
-
-    pack_rate, pad_rate = packed.tokens / packed.seconds, padded.tokens / padded.seconds
-    yield (
-        f"b pad_vs_pack attn={attn} rows={sizes.rows} max_length={sizes.max_length} "
-        f"pack_tok_s={pack_rate:.0f} pad_tok_s={pad_rate:.0f} pack/pad={pack_rate / pad_rate:.2f}"
+    tokens = (sizes.steps + sizes.warmup) * sizes.rows * sizes.max_length
+    docs = random_documents(np.random.default_rng(0), tokens, sizes.max_length, eos)
+    collator = DiffusionCollator.from_args(args, eos, sizes.max_length, docs)
+    rows = pack_examples(docs, collator)
+    trainer = DiffusionSFTTrainer(
+        model,
+        args,
+        eos_token_id=eos,
+        max_length=sizes.max_length,
+        data_collator=collator,
+        train_dataset=rows,
+        processing_class=AutoTokenizer.from_pretrained(QUICKSTART_MODEL),  # saved with checkpoints only
     )
-    tflops = packed.flops / packed.seconds / 1e12
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-    mfu = "mfu=n/a (no bf16 peak known for this device)"
-    if peak:
-        mfu = f"mfu={tflops / peak:.3f} target>={MFU_TARGET} {verdict(tflops / peak >= MFU_TARGET)}"
-    params = sum(p.numel() for p in model.parameters()) / 1e9
-    yield f"c mfu params={params:.2f}B bf16 packed attn={attn} model_tflops={tflops:.2f} {mfu}"
+    batches = [
+        {k: v.to(device) for k, v in collator([rows[i] for i in range(s, s + sizes.rows)]).items()}
+        for s in range(0, (sizes.steps + sizes.warmup) * sizes.rows, sizes.rows)
+    ]
+    body = sum(
+        p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n
+    )
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+
+    def diffusion_step(batch: dict) -> tuple[torch.Tensor, float]:
+        trainer.state.global_step += 1
+        trainer._noise_sums.clear()
+        loss = trainer.compute_loss(model, batch)
+        masked = float(trainer._noise_sums.pop("train")[0])
+        tokens = int(batch["attention_mask"].sum())
+        return loss, 6 * body * tokens + 6 * hidden * vocab * masked + attention_flops(model, batch, False)
+
+    def ar_step(batch: dict) -> tuple[torch.Tensor, float]:
+        labels = batch["input_ids"].masked_fill((batch["doc_ids"] < 0) | (batch["positions"] == 0), -100)
+        loss = model(
+            input_ids=batch["input_ids"],
+            labels=labels,
+            **attention_inputs(batch, attn, torch.bfloat16),
+        ).loss
+        tokens = int(batch["attention_mask"].sum())
+        return loss, 6 * body * tokens + 6 * hidden * vocab * tokens + attention_flops(model, batch, True)
+
+    diffusion = timed(diffusion_step, model, batches, sizes, device)
     estimate = plan_estimate_gib(model, args, sizes, attn)
-    measured = "n/a (cpu)" if math.isnan(peak_gib) else f"{peak_gib:.2f}GiB"
-    ratio = "" if math.isnan(peak_gib) else f" measured/plan={peak_gib / estimate:.2f}"
-    yield f"d peak_memory measured={measured} plan={estimate:.2f}GiB{ratio}"
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    shape = f"params={params:.2f}B vocab={vocab} rows={sizes.rows}x{sizes.max_length}"
+    yield (
+        f"throughput diffusion attn={attn} {shape} bf16 fused_head tok_s={diffusion.tokens_per_s:.0f} "
+        f"model_tflops={diffusion.tflops:.1f} {mfu(diffusion.tflops, gpu)} {memory(diffusion.peak_gib)} "
+        f"plan={estimate:.2f}GiB",
+        diffusion.losses_finite,
+    )
+    model.config.is_causal = True
+    ar = timed(ar_step, model, batches, sizes, device)
+    model.config.is_causal = False
+    yield (
+        f"baseline ar_full_logits attn={attn} same rows tok_s={ar.tokens_per_s:.0f} "
+        f"model_tflops={ar.tflops:.1f} {mfu(ar.tflops, gpu)} {memory(ar.peak_gib)} "
+        f"diffusion/ar_tok_s={diffusion.tokens_per_s / ar.tokens_per_s:.2f}",
+        ar.losses_finite,
+    )
 
 
-# --------------------------------------------------------------------------- (e)
+def plan_estimate_gib(model, args: DiffusionSFTConfig, sizes: Sizes, attn: str) -> float:
+    """`dlm-sft plan`'s per-GPU total for this shape and batch (one process, no sharding)."""
+    run = RunConfig(
+        model=ModelSettings(name_or_path="qwen2.5-0.5b-shape", dtype="bfloat16", attn_implementation=attn),
+        data=DataSettings(max_length=sizes.max_length, batching="pack"),
+        training=args,
+    )
+    return estimate_memory(run, shape_from_config(model.config.to_dict()), "ddp", 1).total / 2**30
+
+
+# ----------------------------------------------------------------------------------- e2e
 def dream_layout_checkpoint(directory: Path) -> Path:
     """A tiny Dream release-layout checkpoint: a bidirectional Qwen2 body under Dream's config keys."""
     tokenizer = AutoTokenizer.from_pretrained(QUICKSTART_MODEL)
@@ -294,49 +447,78 @@ def dream_layout_checkpoint(directory: Path) -> Path:
     return directory
 
 
-def check_dream_runs(device: str, attn: str, workdir: Path) -> str:
+def dlm_sft(*args: str) -> subprocess.CompletedProcess:
+    """`dlm-sft ARGS` as `python -m sft.cli` from the checkout (with `accelerate` found beside python)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    command = [sys.executable, "-m", "sft.cli", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check_e2e(sizes: Sizes, device: str, workdir: Path) -> tuple[str, bool]:
     model_dir = dream_layout_checkpoint(workdir / "dream")
     data = workdir / "sort.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in make_rows(32, seed=0)))
-    results = []
-    for method, lora in (("lora", {"r": 8, "alpha": 16}), ("full", None)):
-        raw = {
-            "model": {"name_or_path": str(model_dir), "attn_implementation": attn},
-            "data": {"train": str(data), "max_length": 64, "cache_dir": str(workdir / "tokenized")},
-            "diffusion": {"eos_tail": "first_n", "eos_tail_n": 4},
-            "training": {
-                "output_dir": str(workdir / method),
-                "max_steps": 2,
-                "per_device_train_batch_size": 4,
-                "learning_rate": 1e-4,
-                "bf16": True,
-                "activation_checkpointing": True,
-                "use_cpu": device == "cpu",
-                "report_to": [],
-                "save_strategy": "no",
-                "logging_steps": 1,
-                "disable_tqdm": True,
-            },
-        }
-        if lora:
-            raw["lora"] = lora
-        trainer = train(build_run_config(raw))
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        ok = trainer.state.global_step == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
-        ok = ok and trainer.model.is_activation_checkpointing and trainer.args.shift
-        results.append((method, ok, losses))
-    parts = " ".join(f"{m}_losses={','.join(f'{x:.3f}' for x in losses)}" for m, _, losses in results)
-    return f"e dream_tiny bf16 activation_checkpointing {parts} {verdict(all(ok for _, ok, _ in results))}"
+    data.write_text("".join(json.dumps(row) + "\n" for row in make_rows(64, seed=0)))
+    run = workdir / "run"
+    recipe = {
+        "model": {"name_or_path": str(model_dir), "attn_implementation": "auto"},
+        "data": {
+            "train": str(data),
+            "max_length": 64,
+            "batching": "pack",
+            "cache_dir": str(workdir / "cache"),
+        },
+        "diffusion": {"eos_tail": "first_n", "eos_tail_n": 4},
+        "training": {
+            "output_dir": str(run),
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-4,
+            "bf16": device == "cuda",
+            "activation_checkpointing": True,
+            "report_to": [],
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "disable_tqdm": True,
+        },
+    }
+    recipe_file = workdir / "dream.yaml"
+    recipe_file.write_text(json.dumps(recipe))  # JSON is YAML
+    processes = str(sizes.e2e_processes)
+    steps = [
+        ("train", ["train", str(recipe_file), "--accelerate", "ddp", "--num-processes", processes]),
+        ("export", ["export", str(run), "--output", str(workdir / "export")]),
+        (
+            "generate",
+            ["generate", str(workdir / "export"), "--prompt", "sort: 3 1 2", "--max-new-tokens", "8"],
+        ),
+    ]
+    for name, args in steps:
+        result = dlm_sft(*args)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            return f"e2e dream_tiny {name} failed (exit {result.returncode}): {tail[0][:300]}", False
+    record = json.loads((run / "dlm_run.json").read_text())
+    loss, steps_done = record["final_train_loss"], record["global_step"]
+    ok = steps_done == 2 and loss is not None and math.isfinite(loss) and bool(result.stdout.strip())
+    return (
+        f"e2e dream_tiny accelerate_processes={processes} packed train steps={steps_done} loss={loss:.3f} "
+        f"export generate={json.dumps(result.stdout.strip()[-40:])}",
+        ok,
+    )
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+# ----------------------------------------------------------------------------------- main
+def attention_paths(device: str) -> list[str]:
+    paths = ["sdpa"]
+    if device == "cpu" or sft.training.attention.varlen_attn is not None:
+        paths.append(TORCH_VARLEN)
+    from transformers.utils import is_flash_attn_2_available
 
-
-def report(line: str) -> bool:
-    """Print a check's line; whether it failed."""
-    print(line, flush=True)
-    return line.endswith("FAIL")
+    if device == "cuda" and is_flash_attn_2_available():
+        paths.append("flash_attention_2")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,14 +530,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device, sizes = ("cpu", SMOKE) if args.smoke else ("cuda", FULL)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
-    attn = "flash_attention_2" if device == "cuda" and is_flash_attn_2_available() else "sdpa"
-    print(f"# device={gpu} torch={torch.__version__} transformers={transformers.__version__} attn={attn}")
-    start, failed = time.perf_counter(), False
+    if device == "cpu":
+        sft.training.attention.varlen_attn = cpu_varlen_attn  # the CUDA kernel's stand-in
+    attns = attention_paths(device)
+    print(
+        f"# device={gpu} torch={torch.__version__} transformers={transformers.__version__} "
+        f"attention_paths={','.join(attns)}",
+        flush=True,
+    )
+    start, results = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        for line in check_throughput(sizes, device, attn, gpu, Path(tmp)):
-            failed |= report(line)
-        failed |= report(check_dream_runs(device, attn, Path(tmp)))
-    print(f"# {time.perf_counter() - start:.0f} s")
+        checks = (
+            lambda: check_probes(sizes, attns, device),
+            lambda: check_throughput(sizes, device, gpu, Path(tmp)),
+            lambda: [check_e2e(sizes, device, Path(tmp))],
+        )
+        for check in checks:
+            for line, ok in check():
+                print(f"{line} {verdict(ok)}", flush=True)
+                results.append(ok)
+    failed = results.count(False)
+    print(
+        f"summary device={gpu} checks={len(results)} passed={len(results) - failed} failed={failed} "
+        f"seconds={time.perf_counter() - start:.0f} {verdict(failed == 0)}",
+        flush=True,
+    )
     return 1 if failed else 0
 
 

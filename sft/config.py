@@ -22,6 +22,17 @@ DIFFUSION = {"section": "diffusion"}
 FAMILY = {"set_by": "family"}
 """Field metadata of the fields the model family sets (never the recipe)."""
 
+NATIVE_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(SFTConfig))
+"""transformers >= 5.23 names the switch `activation_checkpointing`; older releases know only
+`gradient_checkpointing`, which `DiffusionSFTConfig` then sets from its own `activation_checkpointing`."""
+
+
+def activation_checkpointing_on(model: Any) -> bool:
+    """Whether `model` checkpoints activations (`is_gradient_checkpointing` before transformers 5.23)."""
+    if NATIVE_ACTIVATION_CHECKPOINTING:
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
 
 @dataclass
 class DiffusionSFTConfig(SFTConfig):
@@ -107,6 +118,8 @@ class DiffusionSFTConfig(SFTConfig):
     max_consecutive_nonfinite: int = 5
     resume_from_checkpoint: str | bool | None = "auto"
     overwrite_output_dir: bool = False
+    if not NATIVE_ACTIVATION_CHECKPOINTING:
+        activation_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -115,6 +128,8 @@ class DiffusionSFTConfig(SFTConfig):
             self.dataloader_pin_memory = False
         if self.activation_checkpointing is None:  # TRL's `gradient_checkpointing` is the old name
             self.activation_checkpointing = self.gradient_checkpointing
+        if not NATIVE_ACTIVATION_CHECKPOINTING:
+            self.gradient_checkpointing = self.activation_checkpointing
         # The dataset arrives tokenized with its own columns; TRL must not re-tokenize or drop them.
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.remove_unused_columns = False
@@ -198,8 +213,10 @@ class ModelSettings:
         loading them; the initial weights are saved to `<output_dir>/base` so adapters and
         checkpoints can name their base model.
     dtype: `auto`, `float32`, `bfloat16` or `float16` for the loaded weights.
-    attn_implementation: `sdpa` (default), `eager` or `flash_attention_2` (falls back to SDPA
-        with a warning when flash-attn is not installed).
+    attn_implementation: `auto` (default: flash-attn when installed, else torch's own varlen
+        FlashAttention `torch_varlen` on CUDA, else SDPA), `sdpa`, `eager`, `flash_attention_2` or
+        `torch_varlen` (each falls back to SDPA with a warning when unavailable; see
+        `sft/attention.py`), or `flex_attention` (padded batches only: it ignores packed boundaries).
     mask_token: the mask token's text, used when the config has no `mask_token_id`.
     """
 
@@ -209,7 +226,9 @@ class ModelSettings:
     tokenizer: str | None = None
     from_scratch: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flash_attention_2", "torch_varlen", "flex_attention"
+    ] = "auto"
     mask_token: str = "<|mask|>"
 
 

@@ -31,6 +31,7 @@ from sft.config import (
 from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.hub import DatasetRef
+from sft.training.attention import PACKED_VARLEN
 from sft.validation import (
     apply_override,
     build_dataclass,
@@ -49,8 +50,11 @@ arguments into `training_args.bin` next to every checkpoint."""
 
 def shipped_recipes() -> Path:
     """The recipes shipped with the package (the repository's top-level `recipes/`, mapped into the
-    wheel as `sft.recipes`)."""
-    return Path(str(importlib.resources.files("sft.recipes")))
+    wheel as `sft.recipes`); run from a checkout that was never installed, that `recipes/` itself."""
+    try:
+        return Path(str(importlib.resources.files("sft.recipes")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "recipes"
 
 
 def locate(path: str | Path) -> str:
@@ -153,6 +157,13 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
             file=file,
             key="data.batching",
             expected="diffusion.eos_tail first_n or none, or pad",
+        )
+    if data.batching == "pack" and model.attn_implementation not in ("auto", "eager", *PACKED_VARLEN):
+        raise UserError(
+            f"{model.attn_implementation!r} attention ignores packed document boundaries",
+            file=file,
+            key="model.attn_implementation",
+            expected=f"auto, eager, {', '.join(PACKED_VARLEN)} with data.batching: pack",
         )
     return RunConfig(
         model=model,

@@ -14,6 +14,8 @@ from sft.errors import UserError
 from sft.recipe import load_recipe
 from tests.conftest import REPO, recipe_dict
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 QUICKSTART = REPO / "recipes" / "quickstart" / "sort_digits.yaml"
 
 
@@ -109,3 +111,16 @@ def test_dry_run_prints_config_sizes_and_steps(capsys, monkeypatch):
     assert "weighting: inv_t" in out and "family: ar (shift=True)" in out
     assert "train examples: 20000" in out and "eval examples: 256" in out
     assert "steps per epoch: 313" in out and "total steps: 626" in out
+
+
+def test_recipes_are_found_beside_the_package_in_a_checkout_never_installed(monkeypatch):
+    import importlib.resources
+
+    from sft.recipe import shipped_recipes
+
+    def not_installed(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert shipped_recipes() == REPO / "recipes"
+    assert (shipped_recipes() / "data").is_dir()

@@ -15,14 +15,16 @@ noise) and `supervised` (its supervised token count; the tail counts as one unde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
 
 from sft.data.packing import best_fit_decreasing
+
+if TYPE_CHECKING:
+    import datasets  # only `pack_examples` builds a Dataset: the collator itself needs no `datasets`
 
 
 @dataclass
@@ -112,4 +114,6 @@ def pack_examples(examples: datasets.Dataset, collator: DiffusionCollator) -> da
         truncated.append(batch["truncated"].to_numpy(zero_copy_only=False))
     sizes = collator.document_lengths(np.concatenate(content).astype(np.int64), np.concatenate(truncated))
     rows = best_fit_decreasing(sizes.tolist(), collator.max_length)
+    import datasets
+
     return datasets.Dataset.from_dict({"members": rows})

@@ -12,7 +12,6 @@ one and loads a model with it.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from sft.config import ModelSettings
 from sft.errors import UserError
 from sft.families.shapes import LayerShape, read_layer_shape
 from sft.families.weights import shard_files
+from sft.training.attention import resolve_attn_implementation
 
 FAMILY_KEY = "dlm_family"
 """config.json key recording the family of checkpoints this toolkit writes."""
@@ -171,15 +171,3 @@ def instantiate(
         use_safetensors=True,
         **load_kwargs,
     )
-
-
-def resolve_attn_implementation(requested: str) -> str:
-    """flash_attention_2 when installed, else SDPA with a warning."""
-    if requested != "flash_attention_2":
-        return requested
-    from transformers.utils import is_flash_attn_2_available
-
-    if is_flash_attn_2_available():
-        return requested
-    warnings.warn("flash-attn is not installed (pip install 'dlm-sft[flash]'); using SDPA", stacklevel=2)
-    return "sdpa"

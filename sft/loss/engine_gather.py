@@ -11,9 +11,13 @@ around the whole head computation, and keeps it until the head's backward is don
   `deepspeed.zero.GatheredParameters` (read-only: `modifier_rank=None`) at the start of the head
   forward; when a backward will follow (grad mode on, `hidden` needs a gradient) the weight is
   released by a hook on `hidden`'s gradient, which fires once every consumer of `hidden` has run
-  its backward; otherwise it is released on leaving the block.
+  its backward, or, for a forward whose graph is dropped without a backward, when that graph is
+  freed; otherwise it is released on leaving the block.
   The weight therefore stays gathered only from the head's forward to the head's backward, which
-  follow each other (the head is the last op of the forward, the first of the backward);
+  follow each other (the head is the last op of the forward, the first of the backward). Forwards
+  that overlap (a second grad-enabled forward before the first one's backward) share one gather,
+  counted, and the weight is released when the last of them is done: DeepSpeed refuses nested
+  gathers of the same parameters;
 - under FSDP2 the head needs nothing: accelerate (1.16, read for this) puts the final norm and the LM head
   (with the input embedding when they are tied) in one unit of their own, sharded with
   `reshard_after_forward=False`: gathered once when the final norm runs and kept until that unit's
@@ -23,7 +27,8 @@ around the whole head computation, and keeps it until the head's backward is don
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import torch
@@ -41,6 +46,54 @@ def zero3_gather(params: list[torch.nn.Parameter]) -> AbstractContextManager:
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
+class _SharedGather:
+    """One open DeepSpeed gather of a head's parameters and the forwards still using it."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.context = zero3_gather(params)
+        self.users = 0
+
+
+_open_gathers: dict[tuple[int, ...], _SharedGather] = {}
+
+
+def _acquire(params: list[torch.nn.Parameter]) -> Callable[[], None]:
+    """Gather `params` (or join the gather already open for them); returns this user's release,
+    which may be called any number of times."""
+    key = tuple(id(p) for p in params)
+    gather = _open_gathers.get(key)
+    if gather is None:
+        gather = _SharedGather(params)
+        gather.context.__enter__()
+        _open_gathers[key] = gather
+    gather.users += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        gather.users -= 1
+        if gather.users == 0:
+            del _open_gathers[key]
+            gather.context.__exit__(None, None, None)
+
+    return release
+
+
+class _ReleaseOnBackward:
+    """A gradient hook on the head's input that releases the gather; it lives in the autograd graph,
+    so a graph freed without a backward frees it too, and then releases (`weakref.finalize`)."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.release = release
+        weakref.finalize(self, release)
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.release()
+
+
 @contextmanager
 def head_gathered(head: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]:
     """Keep `head`'s partitioned parameters gathered for the head's forward and backward on `hidden`."""
@@ -48,19 +101,13 @@ def head_gathered(head: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]
     if not params:
         yield
         return
-    gather = zero3_gather(params)
-    gather.__enter__()
+    release = _acquire(params)
     try:
         yield
     except BaseException:
-        gather.__exit__(None, None, None)
+        release()
         raise
-    if not (torch.is_grad_enabled() and hidden.requires_grad):
-        gather.__exit__(None, None, None)
-        return
-
-    def release_after_head_backward(grad: torch.Tensor) -> None:
-        handle.remove()
-        gather.__exit__(None, None, None)
-
-    handle = hidden.register_hook(release_after_head_backward)
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        hidden.register_hook(_ReleaseOnBackward(release))
+    else:
+        release()

@@ -13,6 +13,12 @@ matmuls (two with a frozen head), the minimum. Pure torch: runs wherever torch d
 Precision: the matmuls run in the inputs' dtype (under autocast, the autocast dtype); softmax,
 logsumexp and the loss accumulate in float32. ∂loss/∂W accumulates in W's dtype (float32 master
 weights under autocast). The weights w are constants (no gradient flows to them).
+float16 is the exception for the gradients: they are computed in the forward, before the loss
+scale (GradScaler, DeepSpeed's 2^16) is known, and w·softmax of a large vocabulary lies mostly
+below float16's smallest number. So under float16 the gradient matmuls (2 and 3) run in float32
+(with W's float32 master copy under autocast; a float32 copy of a float16 W otherwise), the
+gradients are kept in float32 and the backward casts them to the inputs' dtypes only after
+multiplying by the incoming (scaled) gradient.
 """
 
 from __future__ import annotations
@@ -62,8 +68,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_hidden, want_weight, want_bias = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         w = weight.to(compute_dtype)
         b = None if bias is None else bias.to(compute_dtype)
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight) if want_weight else None
+        grad_dtype = torch.float32 if compute_dtype == torch.float16 else compute_dtype
+        w_grad = w if grad_dtype == compute_dtype else weight.to(grad_dtype)
+        weight_grad_dtype = torch.float32 if compute_dtype == torch.float16 else weight.dtype
+        grad_hidden = torch.empty_like(hidden, dtype=grad_dtype) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=weight_grad_dtype) if want_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -81,21 +90,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits[torch.arange(y.shape[0], device=y.device), y] -= tw  # w·(softmax - onehot)
             if want_bias:
                 grad_bias += grad_logits.sum(dim=0)
-            grad_logits = grad_logits.to(compute_dtype)
+            grad_logits = grad_logits.to(grad_dtype)
             if want_hidden:
-                grad_hidden[rows] = grad_logits @ w
+                grad_hidden[rows] = grad_logits @ w_grad
             if want_weight:
-                if grad_weight.dtype == compute_dtype:
+                h = h.to(grad_dtype)
+                if grad_weight.dtype == grad_dtype:
                     grad_weight.addmm_(grad_logits.T, h)
                 else:
                     grad_weight += grad_logits.T @ h
-        ctx.gradients = (grad_hidden, grad_weight, None if grad_bias is None else grad_bias.to(bias.dtype))
+        ctx.gradients = (grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return loss
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
         if ctx.gradients is None:
             raise RuntimeError("linear_cross_entropy hands over its gradients once (no retain_graph)")
-        gradients = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.gradients]
+        gradients = [
+            None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
+            for g, dtype in zip(ctx.gradients, ctx.dtypes)
+        ]
         ctx.gradients = None
         return (*gradients, None, None, None, None, None)

@@ -320,3 +320,40 @@ def test_zero3_gathers_the_lm_head_once_per_micro_batch_whatever_its_chunks(wide
         assert rank["micro_batches"] == 2 and rank["chunks"] > rank["micro_batches"]
         assert rank["head_gathers"] == rank["micro_batches"]
         assert rank["partitioned_at_end"] == 1  # released after each backward
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path (DeepSpeed's CPU accelerator over gloo)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs the deepspeed extra (in the dev extra): pip install 'dlm-sft[deepspeed]'",
+)
+def test_zero3_head_survives_overlapping_forwards_and_a_forward_never_backpropagated(tokenizer, tmp_path):
+    """Under DeepSpeed (one CPU process, tests/cli/zero3_head_gather_worker.py `overlap`): a dropped
+    grad-enabled forward, then two forwards before one backward, per micro-batch. DeepSpeed refuses
+    nested gathers of the same parameters; the overlapping forwards share one gather, the dropped
+    one releases its gather when its graph is freed, and the head ends partitioned."""
+    config = tiny_qwen2_config(tokenizer, hidden_size=384, intermediate_size=768)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = write_chat_rows(tmp_path / "train.jsonl", sort_rows(16))
+    raw = equivalence_recipe(tmp_path / "model", data, tmp_path / "run", 4)
+    raw["training"].update(max_steps=1, gradient_accumulation_steps=2, save_strategy="no")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    command = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(CONFIG_DIR / "zero3.yaml"),
+        "--num_processes",
+        "1",
+    ]
+    command += ["-m", "tests.cli.zero3_head_gather_worker", str(recipe), "overlap"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads((tmp_path / "run" / "rank0.json").read_text())
+    assert counts["micro_batches"] == 2 and counts["head_gathers"] == 2 * counts["micro_batches"]
+    assert counts["partitioned_at_end"] == 1

@@ -7,9 +7,12 @@ The head's weight is counted each time DeepSpeed fetches it while it is partitio
 coordinator's `all_gather_coalesced`, which may be called on any parameter of a fetch group).
 Each micro-batch's masked positions span several head chunks (`CHUNK`), so a head fetched per
 chunk or again for the recompute would count more than once. Writes `OUTPUT/rank<R>.json`.
+With `overlap`, each micro-batch first runs a grad-enabled forward whose loss is dropped (never
+backpropagated), then two forwards whose mean loss is backpropagated once: the head is then gathered
+twice per micro-batch (the dropped graph releases it; the two overlapping forwards share one).
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 2 \\
-        -m tests.cli.zero3_head_gather_worker RECIPE
+        -m tests.cli.zero3_head_gather_worker RECIPE [overlap]
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class CountOnceSharded(TrainerCallback):
         count_head_fetches(model, self.counts)
 
 
-def main(recipe: str) -> None:
+def main(recipe: str, mode: str = "once") -> None:
     raw = yaml.safe_load(Path(recipe).read_text())
     sft.training.trainer.enable_prediction_positions = functools.partial(
         enable_prediction_positions, chunk_size=CHUNK
@@ -81,6 +84,10 @@ def main(recipe: str) -> None:
     def compute_loss(model, inputs, *args, **kwargs):
         counts["micro_batches"] += 1
         counts["chunks"] += -(-int(trainer._add_noise(inputs, True).masked.sum()) // CHUNK)
+        if mode == "overlap":
+            real_compute_loss(model, inputs, *args, **kwargs)  # dropped: never backpropagated
+            first = real_compute_loss(model, inputs, *args, **kwargs)
+            return (first + real_compute_loss(model, inputs, *args, **kwargs)) / 2
         return real_compute_loss(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss

@@ -7,6 +7,8 @@ import torch
 
 from sft.data.collate import DiffusionCollator
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 EOS = 0
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import modeling_flash_attention_utils as fa_utils
 
+import sft.training.attention
 from sft.config import DataSettings, ModelSettings
 from sft.data.collate import DiffusionCollator, pack_examples
 from sft.data.packing import best_fit_decreasing
@@ -17,9 +18,12 @@ from sft.data.tokenization import tokenize_dataset
 from sft.families.loader import load_model
 from sft.loss import objective
 from sft.recipe import build_run_config
-from sft.training.attention import attention_inputs
+from sft.training.attention import TORCH_VARLEN, attention_inputs
 from sft.training.run import build_trainer
 from tests.conftest import recipe_dict
+from tests.training.test_attention import reference_varlen_attn
+
+pytestmark = pytest.mark.smoke  # in `make test-min`
 
 
 def test_best_fit_decreasing_fills_rows_without_overflow():
@@ -94,7 +98,8 @@ def reference_flash_varlen(
 @pytest.fixture
 def attention(setup, monkeypatch):
     """Switch the model to an attention implementation; `flash_attention_2` runs transformers' own
-    flash path (`_flash_attention_forward`) with the reference kernels above in flash-attn's place."""
+    flash path (`_flash_attention_forward`) with the reference kernels above in flash-attn's place,
+    `torch_varlen` torch 2.11's `varlen_attn` signature with a reference kernel (float32 allowed)."""
     model = setup[0].model
 
     def use(implementation: str) -> str:
@@ -108,6 +113,9 @@ def attention(setup, monkeypatch):
             )
             monkeypatch.setattr(fa_utils, "_lazy_imports", lambda *args, **kwargs: kernels)
             monkeypatch.setattr(fa_utils, "_loaded_implementation", None)
+        if implementation == TORCH_VARLEN:
+            monkeypatch.setattr(sft.training.attention, "varlen_attn", reference_varlen_attn)
+            monkeypatch.setattr(sft.training.attention, "VARLEN_DTYPES", (torch.float32,))
         model.config._attn_implementation = implementation
         return implementation
 
@@ -160,7 +168,13 @@ def per_example_losses(model, batch, implementation, weighting="cart", tail_as_o
 
 @pytest.mark.parametrize(
     "implementation,weighting",
-    [("sdpa", "cart"), ("sdpa", "inv_t"), ("eager", "cart"), ("flash_attention_2", "cart")],
+    [
+        ("sdpa", "cart"),
+        ("sdpa", "inv_t"),
+        ("eager", "cart"),
+        ("flash_attention_2", "cart"),
+        (TORCH_VARLEN, "cart"),
+    ],
 )
 def test_packed_device_batch_gives_each_example_the_loss_it_has_unpacked(
     setup, attention, implementation, weighting
@@ -180,7 +194,7 @@ def test_packed_device_batch_gives_each_example_the_loss_it_has_unpacked(
     assert torch.equal(packed["supervised"].sort().values, unpacked["supervised"].sort().values)
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2"])
+@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2", TORCH_VARLEN])
 def test_packed_device_batch_gives_the_gradients_of_the_unpacked_one(setup, attention, implementation):
     loaded, examples, collator = setup
     packed = device_batch(examples, collator)
@@ -198,7 +212,7 @@ def test_packed_device_batch_gives_the_gradients_of_the_unpacked_one(setup, atte
         assert torch.allclose(g, e, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2", TORCH_VARLEN])
 def test_changing_one_packed_example_never_changes_another(setup, attention, implementation):
     loaded, examples, collator = setup
     batch = device_batch(examples, collator)

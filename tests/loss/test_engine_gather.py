@@ -8,6 +8,7 @@ tensor, so matching the unsharded losses and gradients proves the weight was the
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 
 import pytest
@@ -17,6 +18,8 @@ from sft.config import ModelSettings
 from sft.families.loader import load_model
 from sft.loss import engine_gather
 from sft.loss.prediction_head import enable_prediction_positions
+
+pytestmark = pytest.mark.smoke  # in `make test-min`
 
 CHUNK = 4  # masked positions per head chunk: each micro-batch below has several chunks
 
@@ -53,6 +56,8 @@ class StandInZero3:
     @contextmanager
     def gather(self, params):
         assert set(params) == set(self.full)
+        if not self.partitioned():  # as DeepSpeed's GatheredParameters refuses it
+            raise RuntimeError("Nested GatheredParameters contexts cannot overlap parameters")
         self.context_gathers += 1
         self.unpartition()
         yield
@@ -66,15 +71,20 @@ def micro_batch(seed: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tens
     return ids, (rows, cols), ids[rows, (cols + 1) % 24]
 
 
+def head_loss(model, batch) -> torch.Tensor:
+    ids, positions, targets = batch
+    return model(
+        input_ids=ids,
+        prediction_positions=positions,
+        prediction_targets=targets,
+        prediction_weights=torch.ones(len(targets)),
+    ).sum()
+
+
 def losses_and_head_grad(model, batches) -> tuple[list[float], torch.Tensor]:
     losses = []
-    for ids, positions, targets in batches:
-        loss = model(
-            input_ids=ids,
-            prediction_positions=positions,
-            prediction_targets=targets,
-            prediction_weights=torch.ones(len(targets)),
-        ).sum()
+    for batch in batches:
+        loss = head_loss(model, batch)
         loss.backward()
         losses.append(loss.item())
     return losses, model.lm_head.weight.grad.clone()
@@ -131,3 +141,31 @@ def test_a_head_that_is_not_partitioned_is_never_gathered(model, monkeypatch):
         prediction_weights=torch.ones(len(targets)),
     ).sum().backward()
     assert model.lm_head.weight.grad is not None
+
+
+def test_two_forwards_before_one_backward_share_one_gather(model, qwen2_dir, monkeypatch):
+    batches = [micro_batch(seed) for seed in range(2)]
+    reference = load_model(ModelSettings(name_or_path=str(qwen2_dir))).model
+    enable_prediction_positions(reference, chunk_size=CHUNK)
+    sum(head_loss(reference, batch) for batch in batches).backward()
+
+    zero3 = StandInZero3(model.lm_head)
+    monkeypatch.setattr(engine_gather, "zero3_gather", zero3.gather)
+    first = head_loss(model, batches[0])
+    second = head_loss(model, batches[1])  # the head is still gathered for the first's backward
+    assert zero3.context_gathers == 1 and not zero3.partitioned()
+    (first + second).backward()
+    assert zero3.partitioned()
+    assert torch.allclose(model.lm_head.weight.grad, reference.lm_head.weight.grad, atol=1e-6)
+
+
+def test_a_forward_never_backpropagated_releases_the_head_when_its_graph_is_dropped(model, monkeypatch):
+    zero3 = StandInZero3(model.lm_head)
+    monkeypatch.setattr(engine_gather, "zero3_gather", zero3.gather)
+    loss = head_loss(model, micro_batch(0))
+    assert not zero3.partitioned()
+    del loss
+    gc.collect()
+    assert zero3.partitioned()
+    head_loss(model, micro_batch(1)).backward()  # the next micro-batch gathers afresh
+    assert zero3.context_gathers == 2 and zero3.partitioned()

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from sft.loss.linear_cross_entropy import linear_cross_entropy
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 VOCAB, HIDDEN = 50, 16
 
 
@@ -107,3 +109,48 @@ def test_without_grad_mode_only_the_loss_is_computed():
         expected = full_logits_loss(*data)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-5)
+
+
+LOSS_SCALE = 2.0**16  # DeepSpeed's initial fp16 loss scale; GradScaler's default too
+
+
+def scaled_fp16_step(fn, hidden, weight, targets, token_weights, autocast: bool):
+    """One fp16 step as a GradScaler runs it: backward of loss·2^16, then the gradients unscaled
+    in float32. `autocast`: float32 weight and hidden under fp16 autocast; else pure float16."""
+    if not autocast:
+        hidden, weight = (t.detach().half().requires_grad_() for t in (hidden, weight))
+    with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+        loss = fn(hidden, weight, None, targets, token_weights)
+    (loss * LOSS_SCALE).backward()
+    return [t.grad.float() / LOSS_SCALE for t in (hidden, weight)]
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["autocast", "pure_fp16"])
+def test_float16_gradients_survive_a_2_16_loss_scale_as_the_plain_head_does(autocast):
+    """A large vocabulary and 1/N token weights put w·softmax below float16's smallest number."""
+    torch.manual_seed(0)
+    vocab, hidden_size, n = 8192, 32, 64
+    hidden = torch.randn(n, hidden_size).requires_grad_()
+    weight = (torch.randn(vocab, hidden_size) * 0.05).requires_grad_()
+    targets, token_weights = torch.randint(0, vocab, (n,)), torch.full((n,), 1 / 4096)
+    exact = torch.autograd.grad(
+        full_logits_loss(hidden, weight, None, targets, token_weights), [hidden, weight]
+    )
+
+    def plain_head(h, w, b, y, tw):  # what a Trainer without the fused head computes under fp16
+        return (F.cross_entropy(F.linear(h, w).float(), y, reduction="none") * tw).sum()
+
+    def fused_head(h, w, b, y, tw):
+        return linear_cross_entropy(h, w, b, y, tw, chunk_size=16)
+
+    def fresh():
+        return [t.detach().clone().requires_grad_() for t in (hidden, weight)]
+
+    plain = scaled_fp16_step(plain_head, *fresh(), targets, token_weights, autocast)
+    ours = scaled_fp16_step(fused_head, *fresh(), targets, token_weights, autocast)
+    for got, reference, expected in zip(ours, plain, exact):
+        assert torch.isfinite(got).all()
+        lost = (got == 0) & (expected != 0)
+        assert lost.float().mean() <= max((reference == 0).float().mean().item(), 1e-3)
+        scale = expected.abs().max()
+        assert (got - expected).abs().max() <= max((reference - expected).abs().max(), 1e-2 * scale)

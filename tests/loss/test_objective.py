@@ -7,6 +7,8 @@ import torch
 
 from sft.loss import objective
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 
 def brute_force_cart(clean: torch.Tensor, p: float) -> torch.Tensor:
     batch, length = clean.shape

@@ -22,6 +22,8 @@ from sft.training.steps import run_steps
 from tests.conftest import REPO, recipe_dict
 from tests.format_fixtures import write_llada_dir
 
+pytestmark = pytest.mark.smoke  # in `make test-min`
+
 
 def test_plan_of_dream_full_recipe_needs_no_weights_and_no_data(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)

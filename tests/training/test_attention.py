@@ -1,13 +1,29 @@
-"""`attention_inputs` and the segmented SDPA: what each attention implementation gets for packed rows."""
+"""`attention_inputs`, the segmented SDPA and torch's varlen attention (with a reference kernel in
+place of the CUDA one): what each attention implementation gets for packed rows."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from sft.training.attention import attention_inputs, segmented_sdpa_attention
+from sft.errors import UserError
+from sft.recipe import build_run_config
+from sft.training import attention
+from sft.training.attention import (
+    TORCH_VARLEN,
+    attention_inputs,
+    resolve_attn_implementation,
+    segmented_sdpa_attention,
+    torch_varlen_attention,
+)
+from tests.conftest import recipe_dict
+
+pytestmark = pytest.mark.smoke  # in `make test-min`
 
 # two rows: documents 0 (3 tokens) and 1 (2 tokens) then one padding token; document 2 (4 tokens)
 # then two padding tokens
@@ -33,7 +49,7 @@ def test_a_padded_batch_keeps_its_2d_mask_and_positions():
         assert got == {"attention_mask": batch["attention_mask"], "position_ids": batch["positions"]}
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2"])
+@pytest.mark.parametrize("implementation", ["sdpa", "flash_attention_2", TORCH_VARLEN])
 def test_packed_rows_get_segment_boundaries_over_the_flattened_batch(implementation):
     got = attention_inputs(packed_batch(), implementation, torch.float32)
     assert got["attention_mask"] is None and got["position_ids"] is POSITIONS
@@ -96,3 +112,176 @@ def test_sdpa_without_segments_is_transformers_sdpa():
     expected, _ = sdpa_attention_forward(Attention(), query, key, value, mask, scaling=0.3, is_causal=False)
     assert torch.equal(got, expected)
     assert AttentionInterface()["sdpa"] is segmented_sdpa_attention  # what the models dispatch to
+
+
+def reference_varlen_attn(
+    query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)
+):
+    """torch 2.11's `varlen_attn` (no `enable_gqa`) in plain torch: (T, H, D), attention within segments."""
+    assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k
+    assert query.shape[1] == key.shape[1] == value.shape[1]  # this release cannot group K/V heads
+    assert window_size in ((-1, -1), (-1, 0)) and return_aux is None  # full or causal attention
+    bounds = cu_seq_q.tolist()
+    assert max(e - s for s, e in zip(bounds[:-1], bounds[1:])) == max_q
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                query[s:e].transpose(0, 1),
+                key[s:e].transpose(0, 1),
+                value[s:e].transpose(0, 1),
+                scale=scale,
+                is_causal=window_size == (-1, 0),
+            ).transpose(0, 1)
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
+    )
+
+
+@pytest.fixture
+def varlen_kernel(monkeypatch):
+    """torch's varlen FlashAttention (CUDA only) replaced by the reference above, float32 allowed."""
+    calls = []
+
+    @functools.wraps(reference_varlen_attn)  # the same signature
+    def kernel(*args, **kwargs):
+        calls.append(kwargs)
+        return reference_varlen_attn(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "varlen_attn", kernel)
+    monkeypatch.setattr(attention, "VARLEN_DTYPES", (torch.float32, torch.bfloat16))
+    return calls
+
+
+def block_diagonal_sdpa(query, key, value, scaling):
+    same_segment = (DOC_IDS[:, :, None] == DOC_IDS[:, None, :])[:, None]
+    return sdpa_attention_forward(
+        Attention(), query, key, value, same_segment, scaling=scaling, is_causal=False
+    )[0]
+
+
+def test_torch_varlen_hands_the_segments_to_the_kernel_with_kv_heads_repeated(varlen_kernel):
+    query, key, value = qkv(2, 6)
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = AttentionInterface()[TORCH_VARLEN](Attention(), query, key, value, None, scaling=0.3, **inputs)
+    assert varlen_kernel == [{"scale": 0.3, "window_size": (-1, -1)}]  # bidirectional; no `enable_gqa` here
+    assert got.shape == (2, 6, 4, 8)
+    assert torch.allclose(got, block_diagonal_sdpa(query, key, value, 0.3), atol=1e-6)
+
+
+def test_torch_varlen_lets_a_kernel_with_enable_gqa_group_the_kv_heads(monkeypatch):
+    seen = []
+
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size, enable_gqa):
+        seen.append((key.shape[1], enable_gqa))
+        repeat = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
+        return reference_varlen_attn(
+            query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size
+        )
+
+    monkeypatch.setattr(attention, "varlen_attn", kernel)
+    query, key, value = (s.bfloat16() for s in qkv(2, 6))
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.bfloat16)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = torch_varlen_attention(Attention(), query, key, value, None, scaling=0.3, **inputs)
+    assert seen == [(2, True)]
+    assert torch.allclose(got.float(), block_diagonal_sdpa(query, key, value, 0.3).float(), atol=1e-2)
+
+
+def test_torch_varlen_is_causal_only_when_the_model_says_so(varlen_kernel):
+    query, key, value = qkv(2, 6)
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = torch_varlen_attention(
+        Attention(), query, key, value, None, scaling=0.3, is_causal=True, **inputs
+    )
+    assert varlen_kernel[-1]["window_size"] == (-1, 0)
+    causal = (DOC_IDS[:, :, None] == DOC_IDS[:, None, :]) & torch.ones(6, 6, dtype=torch.bool).tril()
+    expected, _ = sdpa_attention_forward(Attention(), query, key, value, causal[:, None], scaling=0.3)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_a_torch_2_10_kernel_is_told_to_attend_both_ways(monkeypatch):
+    seen = []
+
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        seen.append(is_causal)
+        return reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+
+    monkeypatch.setattr(attention, "varlen_attn", kernel)
+    monkeypatch.setattr(attention, "VARLEN_DTYPES", (torch.float32,))
+    query, key, value = qkv(2, 6)
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = torch_varlen_attention(Attention(), query, key, value, None, scaling=8**-0.5, **inputs)
+    assert seen == [False]
+    assert torch.allclose(got, block_diagonal_sdpa(query, key, value, 8**-0.5), atol=1e-6)
+
+
+def test_torch_varlen_without_segments_or_in_float32_is_sdpa(monkeypatch):
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("the varlen kernel takes half precision only")
+
+    monkeypatch.setattr(attention, "varlen_attn", no_kernel)
+    query, key, value = qkv(2, 6)
+    mask = torch.rand(2, 1, 6, 6) > 0.3
+    got, _ = torch_varlen_attention(Attention(), query, key, value, mask, scaling=0.3, is_causal=False)
+    expected, _ = sdpa_attention_forward(Attention(), query, key, value, mask, scaling=0.3, is_causal=False)
+    assert torch.equal(got, expected)
+    inputs = attention_inputs(packed_batch(), TORCH_VARLEN, torch.float32)
+    inputs.pop("attention_mask"), inputs.pop("position_ids")
+    got, _ = torch_varlen_attention(Attention(), query, key, value, None, scaling=0.3, **inputs)
+    assert torch.allclose(got, block_diagonal_sdpa(query, key, value, 0.3), atol=1e-6)
+
+
+def test_packed_rows_under_an_implementation_that_ignores_boundaries_are_refused():
+    with pytest.raises(UserError, match="'flex_attention' attention would let packed documents attend"):
+        attention_inputs(packed_batch(), "flex_attention", torch.float32)
+    padded = {**packed_batch(), "example_ids": torch.tensor([7, 9])}  # one document per row
+    assert attention_inputs(padded, "flex_attention", torch.float32)["attention_mask"] is not None
+
+
+def test_a_packing_recipe_naming_flex_attention_is_a_one_line_error(qwen2_dir, chat_file, tmp_path):
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "run")
+    raw["data"]["batching"] = "pack"
+    raw["model"]["attn_implementation"] = "flex_attention"
+    with pytest.raises(
+        UserError, match="model.attn_implementation: 'flex_attention' attention ignores packed"
+    ):
+        build_run_config(raw)
+    raw["data"]["batching"] = "pad"
+    assert build_run_config(raw).model.attn_implementation == "flex_attention"
+
+
+def test_auto_picks_flash_attn_then_torch_varlen_on_cuda_and_sdpa_elsewhere(monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_attn_implementation("auto") == "sdpa"
+    with pytest.warns(UserWarning, match="torch_varlen needs CUDA"):
+        assert resolve_attn_implementation(TORCH_VARLEN) == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "varlen_attn", reference_varlen_attn)
+    assert resolve_attn_implementation("auto") == TORCH_VARLEN
+    assert resolve_attn_implementation(TORCH_VARLEN) == TORCH_VARLEN
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    assert resolve_attn_implementation("auto") == "flash_attention_2"
+
+
+def test_auto_on_cuda_loads_the_model_under_torch_varlen_which_padded_batches_run_as_sdpa(
+    qwen2_dir, monkeypatch
+):
+    from sft.config import ModelSettings
+    from sft.families.loader import load_model
+
+    reference = load_model(ModelSettings(name_or_path=str(qwen2_dir), attn_implementation="sdpa")).model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "varlen_attn", reference_varlen_attn)
+    model = load_model(ModelSettings(name_or_path=str(qwen2_dir))).model  # model.attn_implementation: auto
+    assert model.config._attn_implementation == TORCH_VARLEN
+    ids, mask = torch.randint(4, 200, (2, 9)), torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
+    with torch.no_grad():
+        got, expected = (m(input_ids=ids, attention_mask=mask).logits for m in (model, reference))
+    assert torch.allclose(got[mask.bool()], expected[mask.bool()], atol=1e-5)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sft.config import activation_checkpointing_on
 from sft.families.base import resolve_attn_implementation
 from sft.recipe import build_run_config
 from sft.training.run import train
@@ -50,6 +51,7 @@ def llada_llama_dir(tokenizer, path):
     return path
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("family", ["ar", "llada"])
 def test_activation_checkpointing_and_bf16_train_for_each_family(
     family, qwen2_dir, tokenizer, chat_file, tmp_path
@@ -60,7 +62,7 @@ def test_activation_checkpointing_and_bf16_train_for_each_family(
     )
     trainer = train(build_run_config(raw))
     assert trainer.args.shift == (family != "llada")
-    assert trainer.model.is_activation_checkpointing
+    assert activation_checkpointing_on(trainer.model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(loss == loss and loss > 0 for loss in losses)  # finite
 
