@@ -59,13 +59,13 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-import sft.training.attention  # noqa: E402
+import sft.families.attention  # noqa: E402
 from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings, RunConfig  # noqa: E402
 from sft.data.collate import DiffusionCollator, pack_examples  # noqa: E402
+from sft.families.attention import TORCH_VARLEN, attention_inputs, resolve_attn_implementation  # noqa: E402
 from sft.planning.memory import estimate_memory  # noqa: E402
 from sft.planning.shapes import shape_from_config  # noqa: E402
 from sft.tasks.sort_digits import make_rows  # noqa: E402
-from sft.training.attention import TORCH_VARLEN, attention_inputs, resolve_attn_implementation  # noqa: E402
 from sft.training.trainer import DiffusionSFTTrainer  # noqa: E402
 
 QUICKSTART_MODEL = ROOT / "recipes" / "quickstart" / "model"
@@ -512,7 +512,7 @@ def check_e2e(sizes: Sizes, device: str, workdir: Path) -> tuple[str, bool]:
 # ----------------------------------------------------------------------------------- main
 def attention_paths(device: str) -> list[str]:
     paths = ["sdpa"]
-    if device == "cpu" or sft.training.attention.varlen_attn is not None:
+    if device == "cpu" or sft.families.attention.varlen_attn is not None:
         paths.append(TORCH_VARLEN)
     from transformers.utils import is_flash_attn_2_available
 
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     device, sizes = ("cpu", SMOKE) if args.smoke else ("cuda", FULL)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     if device == "cpu":
-        sft.training.attention.varlen_attn = cpu_varlen_attn  # the CUDA kernel's stand-in
+        sft.families.attention.varlen_attn = cpu_varlen_attn  # the CUDA kernel's stand-in
     attns = attention_paths(device)
     print(
         f"# device={gpu} torch={torch.__version__} transformers={transformers.__version__} "

@@ -5,7 +5,7 @@ vocabulary; EOS tail `first_n` 16, batch 4), timed through the model body only (
 layers, final norm; the loss head is the same work in every mode and is left out):
 
 - pad:        one example per row, rows padded to the batch's longest, 2-D mask;
-- pack:       best-fit-decreasing rows, SDPA run per document (`sft.training.attention`);
+- pack:       best-fit-decreasing rows, SDPA run per document (`sft.families.attention`);
 - pack-dense: the same rows with the block-diagonal mask as one dense L×L SDPA call (what packed
               rows cost before; the mask eager gets).
 
@@ -37,8 +37,8 @@ from sft.config import DataSettings, ModelSettings  # noqa: E402
 from sft.data.collate import DiffusionCollator, pack_examples  # noqa: E402
 from sft.data.sources import load_chat_rows
 from sft.data.tokenization import tokenize_dataset  # noqa: E402
+from sft.families.attention import attention_inputs  # noqa: E402
 from sft.families.loader import load_model  # noqa: E402
-from sft.training.attention import attention_inputs  # noqa: E402
 
 
 def body_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], inputs: dict) -> float:

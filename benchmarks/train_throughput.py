@@ -59,10 +59,10 @@ from sft.config import DataSettings, DiffusionSFTConfig, ModelSettings  # noqa: 
 from sft.data.collate import DiffusionCollator, pack_examples  # noqa: E402
 from sft.data.sources import load_chat_rows  # noqa: E402
 from sft.data.tokenization import tokenize_dataset  # noqa: E402
+from sft.families.attention import attention_inputs  # noqa: E402
 from sft.families.loader import load_model  # noqa: E402
 from sft.loss import objective, prediction_head  # noqa: E402
 from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
-from sft.training.attention import attention_inputs  # noqa: E402
 from sft.training.trainer import DiffusionSFTTrainer  # noqa: E402
 
 VOCAB = 152064

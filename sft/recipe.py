@@ -30,8 +30,8 @@ from sft.config import (
 )
 from sft.errors import UserError
 from sft.families import FAMILIES
+from sft.families.attention import PACKED_VARLEN
 from sft.hub import DatasetRef
-from sft.training.attention import PACKED_VARLEN
 from sft.validation import (
     apply_override,
     build_dataclass,

@@ -23,9 +23,9 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from sft import hub
 from sft.config import ModelSettings
 from sft.errors import UserError
+from sft.families.attention import resolve_attn_implementation
 from sft.families.shapes import LayerShape, read_layer_shape
 from sft.families.weights import shard_files
-from sft.training.attention import resolve_attn_implementation
 
 FAMILY_KEY = "dlm_family"
 """config.json key recording the family of checkpoints this toolkit writes."""

@@ -26,9 +26,9 @@ from trl import SFTTrainer
 from sft.config import DiffusionSFTConfig
 from sft.data.collate import DiffusionCollator
 from sft.errors import UserError
+from sft.families.attention import attention_inputs
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
-from sft.training.attention import attention_inputs
 
 
 def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:

@@ -9,19 +9,19 @@ import torch
 import torch.nn.functional as F
 from transformers import modeling_flash_attention_utils as fa_utils
 
-import sft.training.attention
+import sft.families.attention
 from sft.config import DataSettings, ModelSettings
 from sft.data.collate import DiffusionCollator, pack_examples
 from sft.data.packing import best_fit_decreasing
 from sft.data.sources import load_chat_rows
 from sft.data.tokenization import tokenize_dataset
+from sft.families.attention import TORCH_VARLEN, attention_inputs
 from sft.families.loader import load_model
 from sft.loss import objective
 from sft.recipe import build_run_config
-from sft.training.attention import TORCH_VARLEN, attention_inputs
 from sft.training.run import build_trainer
 from tests.conftest import recipe_dict
-from tests.training.test_attention import reference_varlen_attn
+from tests.families.test_attention import reference_varlen_attn
 
 pytestmark = pytest.mark.smoke  # in `make test-min`
 
@@ -114,8 +114,8 @@ def attention(setup, monkeypatch):
             monkeypatch.setattr(fa_utils, "_lazy_imports", lambda *args, **kwargs: kernels)
             monkeypatch.setattr(fa_utils, "_loaded_implementation", None)
         if implementation == TORCH_VARLEN:
-            monkeypatch.setattr(sft.training.attention, "varlen_attn", reference_varlen_attn)
-            monkeypatch.setattr(sft.training.attention, "VARLEN_DTYPES", (torch.float32,))
+            monkeypatch.setattr(sft.families.attention, "varlen_attn", reference_varlen_attn)
+            monkeypatch.setattr(sft.families.attention, "VARLEN_DTYPES", (torch.float32,))
         model.config._attn_implementation = implementation
         return implementation
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from sft.config import ModelSettings
 from sft.data.collate import DiffusionCollator
 from sft.errors import UserError
+from sft.families.attention import attention_inputs
 from sft.families.loader import load_model
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
-from sft.training.attention import attention_inputs
 from sft.training.run import build_model, build_trainer
 from tests.conftest import recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 

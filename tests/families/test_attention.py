@@ -12,15 +12,15 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from sft.errors import UserError
-from sft.recipe import build_run_config
-from sft.training import attention
-from sft.training.attention import (
+from sft.families import attention
+from sft.families.attention import (
     TORCH_VARLEN,
     attention_inputs,
     resolve_attn_implementation,
     segmented_sdpa_attention,
     torch_varlen_attention,
 )
+from sft.recipe import build_run_config
 from tests.conftest import recipe_dict
 
 pytestmark = pytest.mark.smoke  # in `make test-min`
