@@ -111,8 +111,6 @@ def make_trainer(model, args: DiffusionSFTConfig, collator: DiffusionCollator, r
     return DiffusionSFTTrainer(
         model,
         args,
-        eos_token_id=collator.eos_token_id,
-        max_length=collator.max_length,
         data_collator=collator,
         train_dataset=rows,
         processing_class=tokenizer,
@@ -219,6 +217,7 @@ def plan_estimate_gib(model, args: DiffusionSFTConfig, sizes: Sizes, attn: str) 
 
 def check_throughput(sizes: Sizes, device: str, attn: str, gpu: str, workdir: Path) -> Iterator[str]:
     model = qwen2_model(sizes, device, attn)
+    model.config.mask_token_id = model.config.vocab_size - 2
     args = DiffusionSFTConfig(
         output_dir=str(workdir / "throughput"),
         report_to=[],
@@ -226,7 +225,6 @@ def check_throughput(sizes: Sizes, device: str, attn: str, gpu: str, workdir: Pa
         use_cpu=device == "cpu",
         eos_tail="first_n",
         eos_tail_n=16,
-        mask_token_id=model.config.vocab_size - 2,
         activation_checkpointing=False,
         per_device_train_batch_size=sizes.rows,
     )
