@@ -111,13 +111,20 @@ class ReplacedRun:
     def set_aside(self) -> None:
         if self.aside.is_dir():  # the run an overwrite before this one replaced, and never saved over
             for entry in self._entries(self.output):
-                _remove(entry)
+                remove_path(entry)
             return
+        partial = self.output / f"{ASIDE}.partial"  # published by one rename, once all is moved
+        if partial.is_dir():  # a move cut short by a kill: undo it
+            for entry in self._entries(partial):
+                os.replace(entry, self.output / entry.name)
         entries = self._entries(self.output)
         if entries:
-            self.aside.mkdir()
+            partial.mkdir(exist_ok=True)
             for entry in entries:
-                os.replace(entry, self.aside / entry.name)
+                os.replace(entry, partial / entry.name)
+            os.replace(partial, self.aside)
+        elif partial.is_dir():
+            partial.rmdir()
 
     def discard(self) -> None:
         shutil.rmtree(self.aside, ignore_errors=True)
@@ -126,13 +133,14 @@ class ReplacedRun:
         if not self.aside.is_dir():
             return
         for entry in self._entries(self.output):  # what the failed run left: no complete checkpoint
-            _remove(entry)
+            remove_path(entry)
         for entry in self._entries(self.aside):
             os.replace(entry, self.output / entry.name)
         self.aside.rmdir()
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or directory, as far as it can be removed."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

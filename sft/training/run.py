@@ -8,7 +8,6 @@ constructor a Python caller uses, train, save.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from transformers import TrainerCallback
 from sft.config import RunConfig
 from sft.data.splits import PreparedData, data_summary, prepare_data
 from sft.families.base import LoadedModel
-from sft.training.checkpoints import ReplacedRun
+from sft.training.checkpoints import ReplacedRun, remove_path
 from sft.training.inputs import diffusion_model
 from sft.training.preflight import check_run
 from sft.training.steps import run_steps
@@ -147,6 +146,6 @@ def _remove_new_files(output: Path, existing: set[Path] | None, keep: list[Path]
         return
     for entry in set(output.iterdir()) - (existing or set()):
         if not any(k == entry.absolute() or entry.absolute() in k.parents for k in keep):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            remove_path(entry)
     if existing is None and not any(output.iterdir()):
         output.rmdir()

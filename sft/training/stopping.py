@@ -56,9 +56,11 @@ def stop_on_interrupt(trainer: Trainer) -> Iterator[StopRequest]:
     def ask_to_stop(signum: int, frame: Any) -> None:
         request.requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(
-            "interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr
-        )
+        if trainer.is_world_process_zero():
+            print(
+                "interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
 
     previous = signal.signal(signal.SIGINT, ask_to_stop)
     trainer.add_callback(request)

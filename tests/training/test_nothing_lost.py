@@ -103,7 +103,7 @@ def test_a_killed_new_run_leaves_the_old_run_whole_and_the_next_one_replaces_it(
     recipe = tmp_path / "again.yaml"
     recipe.write_text(yaml.safe_dump(overwriting(raw, max_steps=400, save_steps=200)))
     process = start(recipe, tmp_path / "out.txt")
-    wait_for(lambda: (output / ASIDE / "dlm_run.json").is_file(), process)
+    wait_for(lambda: (output / ASIDE).is_dir(), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert snapshot(output / ASIDE) == before  # whole, set aside
@@ -193,3 +193,11 @@ def test_ctrl_c_saves_a_checkpoint_that_a_rerun_resumes_from(qwen2_dir, chat_fil
         main(["train", str(recipe), "training.max_steps=" + str(int(checkpoint.name.split("-")[1]) + 1)]) == 0
     )
     assert json.loads((output / "dlm_run.json").read_text())["global_step"] > 1
+
+
+def test_setting_aside_cut_short_by_a_kill_is_undone_then_done_whole(tmp_path):
+    (tmp_path / "dlm_run.json").write_text("{}")
+    (tmp_path / f"{ASIDE}.partial" / "checkpoint-2").mkdir(parents=True)
+    checkpoints.ReplacedRun(tmp_path).set_aside()
+    assert sorted(p.name for p in (tmp_path / ASIDE).iterdir()) == ["checkpoint-2", "dlm_run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ASIDE]
