@@ -170,6 +170,13 @@ class DiffusionSFTTrainer(SFTTrainer):
         except OSError as err:
             if _internal_call:
                 raise
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # a second save would gather again
+                raise UserError(
+                    f"could not save the trained model ({err.strerror or err}); the newest checkpoint-N "
+                    "holds the latest saved weights",
+                    file=str(output),
+                    key="training.output_dir",
+                ) from None
             rescue = tempfile.mkdtemp(prefix="dlm-sft-unsaved-")
             super().save_model(rescue)
             write_records(Path(rescue), self.recipe, self.state, self.family)
