@@ -173,7 +173,7 @@ def test_a_failed_final_save_leaves_the_trained_weights_where_the_error_says(
 
 def test_ctrl_c_saves_a_checkpoint_that_a_rerun_resumes_from(qwen2_dir, chat_file, tmp_path):
     output = tmp_path / "run"
-    raw = recipe_dict(qwen2_dir, chat_file, output, max_steps=400, per_device_train_batch_size=2)
+    raw = recipe_dict(qwen2_dir, chat_file, output, max_steps=5000, per_device_train_batch_size=2)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     stdout = tmp_path / "out.txt"
