@@ -343,17 +343,17 @@ def check_throughput(sizes: Sizes, device: str, gpu: str, workdir: Path) -> Iter
         mask_token_id=model.config.vocab_size - 2,
         activation_checkpointing=False,
         per_device_train_batch_size=sizes.rows,
+        max_length=sizes.max_length,
     )
     eos = model.config.vocab_size - 1
     tokens = (sizes.steps + sizes.warmup) * sizes.rows * sizes.max_length
     docs = random_documents(np.random.default_rng(0), tokens, sizes.max_length, eos)
     collator = DiffusionCollator.from_args(args, eos, sizes.max_length, docs)
     rows = pack_examples(docs, collator)
+    model.config.mask_token_id = args.mask_token_id  # the family reads the mask token from the config
     trainer = DiffusionSFTTrainer(
         model,
         args,
-        eos_token_id=eos,
-        max_length=sizes.max_length,
         data_collator=collator,
         train_dataset=rows,
         processing_class=AutoTokenizer.from_pretrained(QUICKSTART_MODEL),  # saved with checkpoints only

@@ -340,14 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(workdir / "run"),
         report_to=[],
         use_cpu=True,
-        mask_token_id=loaded.mask_token_id,
+        max_length=args.max_length,
         activation_checkpointing=False,
     )
     trainer = DiffusionSFTTrainer(
         loaded.model,
         trainer_args,
-        eos_token_id=loaded.eos_token_id,
-        max_length=args.max_length,
         train_dataset=examples,
         processing_class=loaded.tokenizer,
     )

@@ -91,10 +91,17 @@ class DiffusionSFTConfig(SFTConfig):
         step, so it resumes exactly), or starts fresh when there is none; `true` does the same but
         requires a checkpoint; a path resumes from that checkpoint; `null`/`false` always start
         fresh. A checkpoint is complete once its trainer_state.json (written last) is; one cut
-        short by a kill is ignored. A resumed run says so, with the step, on its first output line.
+        short by a kill is ignored; Ctrl-C saves one after the current step. A resumed run says so,
+        with the step, on its first output line; resumed with a new `max_steps`, its learning rate
+        follows the schedule of the new length, and logging/eval/save steps are the recipe's.
     overwrite_output_dir (`bool`, defaults to False; a `training:` key):
         An `output_dir` holding a *finished* run (its `dlm_run.json`) is refused unless this is
-        true; then the old run's checkpoints and record are removed and training starts fresh.
+        true; then training starts fresh and the old run is moved aside (into
+        `output_dir/.overwritten-run`), removed once the new run has saved its first checkpoint (or
+        its final model); a new run that fails first puts it back, one that is killed leaves it there whole.
+    max_length (`int` or `None`, defaults to None = `DataSettings.max_length`, 2048):
+        Longest training row in tokens, TRL's name for the Python API (`DiffusionSFTTrainer`); a
+        recipe sets it as `data.max_length`.
     chat_template_path (`str` or `None`; a `training:` key, as in TRL):
         A `.jinja`/`.j2` chat template file that replaces the tokenizer's template: the training
         data is rendered with it, and it is saved with the run's tokenizer and every export.
@@ -118,6 +125,7 @@ class DiffusionSFTConfig(SFTConfig):
     max_consecutive_nonfinite: int = 5
     resume_from_checkpoint: str | bool | None = "auto"
     overwrite_output_dir: bool = False
+    max_length: int | None = None
     if not NATIVE_ACTIVATION_CHECKPOINTING:
         activation_checkpointing: bool | None = None
 
@@ -195,6 +203,27 @@ REFUSED_TRAINING_KEYS = {
 """TRL `SFTConfig` / `TrainingArguments` keys that diffusion SFT does not honour, each with what
 does that job here. A recipe setting one is refused with that name; every other field works as in
 TRL and transformers."""
+
+SCRIPT_KEYS = {
+    "model_name_or_path": "model.name_or_path",
+    "model_revision": "model.name_or_path (a hub id, or a local snapshot of the revision)",
+    "torch_dtype": "model.dtype",
+    "attn_implementation": "model.attn_implementation",
+    "dataset_name": "data.train (a hub dataset id, files or directories)",
+    "dataset_mixture": "data.train (a list of sources), or dlm-sft prepare to mix and filter",
+    "dataset_config": "data.train: {name: ..., config: ...}",
+    "dataset_train_split": "data.train: {name: ..., split: ...}",
+    "dataset_test_split": "data.eval: {name: ..., split: ...}",
+    "max_seq_length": "data.max_length",
+    "use_peft": "a lora: section",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
+}
+"""Settings of TRL's and alignment-handbook's scripts (`ScriptArguments`, `ModelConfig`, the old
+`max_seq_length`) that are no `SFTConfig` field: a recipe using one, under `training:` or at the top
+level as a handbook recipe has them, is refused naming the recipe key that does that job."""
 
 
 @dataclass

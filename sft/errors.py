@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can make (recipe, CLI, data, checkpoint).
 
 It carries *where* (a file and/or key), *what* went wrong and *what was expected*, and renders as
-one line; the CLI prints that line and exits with code 2.
+one line; the CLI prints that line and exits with its `exit_code` (2).
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line: `where: what (expected ...)`."""
+
+    exit_code = 2
+    """The CLI's exit status for it."""
 
     def __init__(
         self,

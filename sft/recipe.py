@@ -22,6 +22,7 @@ from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
     REFUSED_TRAINING_KEYS,
+    SCRIPT_KEYS,
     DataSettings,
     DiffusionSFTConfig,
     LoraSettings,
@@ -125,6 +126,8 @@ def _check_section(override: str, file: str) -> None:
 def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
     """Validate a raw recipe dict and turn it into a `RunConfig`."""
     for section in raw:
+        if section in SCRIPT_KEYS:
+            raise _script_key(section, file)
         if section not in SECTIONS:
             raise UserError(
                 f"unknown section{suggest(section, SECTIONS)}",
@@ -226,13 +229,16 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
             )
         if key in FAMILY_FIELDS:
             raise UserError("set by the model family", file=file, key=f"training.{key}")
+        if key in SCRIPT_KEYS:
+            raise _script_key(f"training.{key}", file)
         if key in REFUSED_TRAINING_KEYS:
             raise UserError(
                 f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", file=file, key=f"training.{key}"
             )
         if key not in hints:
+            honoured = [n for n in training_names if n not in REFUSED_TRAINING_KEYS]
             raise UserError(
-                f"unknown key{suggest(key, training_names)}",
+                f"unknown key{suggest(key, honoured)}",
                 file=file,
                 key=f"training.{key}",
                 expected="a transformers TrainingArguments / trl SFTConfig field",
@@ -247,6 +253,11 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         raise UserError(
             f"needs a package that is not installed: {first_line(err)}", file=file, key="training"
         ) from None
+
+
+def _script_key(key: str, file: str) -> UserError:
+    setting = SCRIPT_KEYS[key.rpartition(".")[2]]
+    return UserError(f"a TRL / alignment-handbook script setting; use {setting}", file=file, key=key)
 
 
 def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> None:

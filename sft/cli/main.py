@@ -5,7 +5,8 @@ listed once in `COMMANDS`; the parser records which `run` a command line calls, 
 fall through to another. Command modules import the library inside `run`, so `--help` and usage
 errors answer without loading torch.
 
-A `UserError` (bad recipe, missing file, bad data) prints `error: <one line>` and exits with 2;
+A `UserError` (bad recipe, missing file, bad data) prints `error: <one line>` and exits with 2 (130
+after Ctrl-C);
 `--debug` shows the traceback instead.
 """
 
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {err.line()}", file=sys.stderr)
-        return 2
+        return err.exit_code

@@ -51,7 +51,6 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
     from sft.data.splits import prepare_data
     from sft.evaluation.bundled import exact_match
     from sft.tasks import sort_digits
-    from sft.training.records import save_run
     from sft.training.run import build_model, build_trainer
 
     ensure_task_files(config)
@@ -68,6 +67,6 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
     print(f"untrained exact match: {untrained:.3f}", flush=True)
     trainer = build_trainer(config, data, loaded)
     trainer.train()
-    save_run(trainer, config)
+    trainer.save_model()
     trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, **generation)
     return untrained, trained

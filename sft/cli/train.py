@@ -55,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         return _launch(args)
     if args.dry_run or args.tokenize_only:
         from sft.data.splits import data_summary, prepare_data
+        from sft.training.preflight import check_run
         from sft.training.run import describe
 
+        if args.dry_run:
+            check_run(config)  # what the run would refuse, before tokenizing
         data = prepare_data(config)
         if args.dry_run:
             print(describe(config, data))

@@ -8,9 +8,10 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 from transformers import PreTrainedTokenizerBase
 
-from sft.config import RunConfig
+from sft.config import DataSettings, RunConfig
 from sft.data.collate import DiffusionCollator, pack_examples
 from sft.data.sources import load_chat_rows
 from sft.data.tokenization import TokenizedData, tokenize_dataset
@@ -40,34 +41,20 @@ class PreparedData:
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
-    """Tokenize the splits. Under a launcher only the global rank 0 (the `RANK` it sets, counted
-    across all nodes) tokenizes; every other rank waits for that cache
-    (`sft.data.tokenization.tokenize_dataset`)."""
+    """Tokenize the recipe's splits (`tokenize_split`)."""
     model = resolve_model(config.model)
     _, tokenizer, eos_id = load_family_tokenizer(model, config.training.chat_template_path)
-    if not tokenizer.chat_template:
-        raise UserError(
-            "the tokenizer has no chat template to render the conversations with",
-            file=config.model.tokenizer or config.model.name_or_path,
-            key="model.tokenizer" if config.model.tokenizer else "model.name_or_path",
-            expected="'chat_template' in tokenizer_config.json, chat_template.jinja, "
-            "or training.chat_template_path",
-        )
-    build = int(os.environ.get("RANK", "0")) == 0
+    require_chat_template(
+        tokenizer,
+        config.model.tokenizer or config.model.name_or_path,
+        "model.tokenizer" if config.model.tokenizer else "model.name_or_path",
+    )
 
     def tokenized(paths: Any, key: str) -> TokenizedData:
-        data = tokenize_dataset(load_chat_rows(paths), tokenizer, config.data, eos_id, build=build)
-        if len(data.dataset) == 0:
-            if build and data.cache is not None:  # an empty cache is never kept
-                shutil.rmtree(data.cache, ignore_errors=True)
-            raise UserError(
-                f"no examples to train on in {paths if isinstance(paths, str) else ', '.join(paths)}: "
-                + split_summary(data),
-                file=config.source,
-                key=key,
-                expected="rows with a user turn and an assistant reply that fit data.max_length",
-            )
-        return data
+        where = paths if isinstance(paths, str) else ", ".join(map(str, paths))
+        return tokenize_split(
+            load_chat_rows(paths), tokenizer, config.data, eos_id, where, config.source, key
+        )
 
     return PreparedData(
         model,
@@ -76,6 +63,44 @@ def prepare_data(config: RunConfig) -> PreparedData:
         tokenized(config.data.train, "data.train"),
         tokenized(config.data.eval, "data.eval") if config.data.eval else None,
     )
+
+
+def require_chat_template(tokenizer: PreTrainedTokenizerBase, file: str, key: str) -> None:
+    """A UserError unless the tokenizer has a chat template to render the conversations with."""
+    if not tokenizer.chat_template:
+        raise UserError(
+            "the tokenizer has no chat template to render the conversations with",
+            file=file,
+            key=key,
+            expected="'chat_template' in tokenizer_config.json, chat_template.jinja, "
+            "or training.chat_template_path",
+        )
+
+
+def tokenize_split(
+    rows: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: DataSettings,
+    eos_token_id: int,
+    where: str,
+    file: str | None = None,
+    key: str | None = None,
+) -> TokenizedData:
+    """Tokenize one split of chat rows (cached); a split that keeps no example is a UserError naming
+    `where` (its data) and the recipe `file` and `key`. Under a launcher only the global rank 0 (the
+    `RANK` it sets, counted across all nodes) tokenizes; every other rank waits for that cache."""
+    build = int(os.environ.get("RANK", "0")) == 0
+    data = tokenize_dataset(rows, tokenizer, settings, eos_token_id, build=build)
+    if len(data.dataset) == 0:
+        if build and data.cache is not None:  # an empty cache is never kept
+            shutil.rmtree(data.cache, ignore_errors=True)
+        raise UserError(
+            f"no examples to train on in {where}: " + split_summary(data),
+            file=file,
+            key=key,
+            expected="rows with a user turn and an assistant reply that fit data.max_length",
+        )
+    return data
 
 
 def split_summary(split: TokenizedData) -> str:

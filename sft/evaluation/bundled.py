@@ -141,15 +141,13 @@ def eval_loss(
     args = target.training
     args.output_dir = tempfile.mkdtemp(prefix="dlm-sft-eval-")
     args.report_to = []
-    args.mask_token_id, args.shift = loaded.mask_token_id, loaded.family.shift
+    args.max_length = target.data.max_length
     args.disable_tqdm = True
     if batch_size:
         args.per_device_eval_batch_size = batch_size
     trainer = DiffusionSFTTrainer(
         loaded.model,
         args,
-        eos_token_id=loaded.eos_token_id,
-        max_length=target.data.max_length,
         train_dataset=tokenized.dataset,  # required by TRL; never trained on
         eval_dataset=tokenized.dataset,
         processing_class=loaded.tokenizer,

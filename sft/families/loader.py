@@ -104,15 +104,20 @@ def load_family_tokenizer(
     tokenizer = resolved.family.load_tokenizer(settings)
     if chat_template_path:
         tokenizer.chat_template = read_chat_template(chat_template_path)
+    return resolved.family, tokenizer, tail_token_id(tokenizer, settings.tokenizer or settings.name_or_path)
+
+
+def tail_token_id(tokenizer: PreTrainedTokenizerBase, where: str) -> int:
+    """The EOS-tail token: the tokenizer's pad token, set to its EOS when it has none."""
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise UserError(
                 "the tokenizer has neither a pad nor an EOS token",
-                file=settings.tokenizer or settings.name_or_path,
+                file=where,
                 expected="an eos_token in tokenizer_config.json",
             )
         tokenizer.pad_token = tokenizer.eos_token
-    return resolved.family, tokenizer, int(tokenizer.pad_token_id)
+    return int(tokenizer.pad_token_id)
 
 
 def read_chat_template(path: str) -> str:

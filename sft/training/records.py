@@ -1,6 +1,6 @@
-"""A run's records: the final save with `dlm_run.json` and `trainer_state.json`, and the model card
-and the record so far (`dlm_checkpoint.json`, what an export of the checkpoint reads) written into
-every checkpoint."""
+"""A run's records: `dlm_run.json` and `trainer_state.json` beside the saved model, the model card in
+the output directory and every checkpoint, and the record so far (`dlm_checkpoint.json`, what an
+export of the checkpoint reads) in every checkpoint."""
 
 from __future__ import annotations
 
@@ -12,21 +12,16 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sft.config import RunConfig
-from sft.families.base import FAMILY_KEY
 from sft.training import model_card
-from sft.training.trainer import DiffusionSFTTrainer
 
 
-def save_run(trainer: DiffusionSFTTrainer, config: RunConfig) -> None:
-    """Save the final model (or adapter) and tokenizer, and `dlm_run.json`: the resolved recipe, the
-    steps and the last losses (what the model card of an export reports)."""
-    output = Path(config.training.output_dir)
-    trainer.save_model(str(output))
-    if not trainer.is_world_process_zero():
-        return
-    trainer.state.save_to_json(str(output / "trainer_state.json"))  # the curves `dlm-sft report` plots
-    write_record(output / model_card.RUN_FILE, run_record(config, trainer.state))
-    write_run_card(output, config, trainer.state, str(getattr(trainer.model.config, FAMILY_KEY, "")))
+def write_records(output: Path, config: RunConfig, state: TrainerState, family: str) -> None:
+    """Beside a saved model: `trainer_state.json` (the curves `dlm-sft report` plots), `dlm_run.json`
+    (the resolved recipe, the steps and the last losses: what the model card of an export reports)
+    and the model card."""
+    state.save_to_json(str(output / "trainer_state.json"))
+    write_record(output / model_card.RUN_FILE, run_record(config, state))
+    write_run_card(output, config, state, family)
 
 
 def run_record(config: RunConfig, state: TrainerState) -> model_card.RunRecord:

@@ -1,6 +1,7 @@
-"""`DiffusionSFTTrainer`: TRL's `SFTTrainer` with the masked-diffusion loss.
+"""`DiffusionSFTTrainer`: TRL's `SFTTrainer` with the masked-diffusion loss, called as `SFTTrainer` is
+(the Python API, and what `dlm-sft train` builds; `sft/training/inputs.py` readies its model and data).
 
-Wiring only; the math lives in `sft/loss/objective.py`. The trainer overrides three hooks:
+Wiring only; the math lives in `sft/loss/objective.py`. The trainer overrides these hooks:
 - `_get_num_items_in_batch`: the loss denominator of the *global* batch (all accumulation
   micro-batches, summed over data-parallel ranks), so loss and gradients do not depend on how the
   global batch is split;
@@ -8,6 +9,10 @@ Wiring only; the math lives in `sft/loss/objective.py`. The trainer overrides th
   weighted CE ÷ that denominator; adds masked tokens, t and the EOS share of supervised tokens to
   sums kept on the device, which `log` reduces over ranks once per logging step;
 - evaluation uses a fixed t grid and seed, so eval loss is deterministic;
+- `train`: Ctrl-C saves a checkpoint and stops (`sft/training/stopping.py`); on resume the recipe's
+  logging/eval/save steps and, for a new `max_steps`, the new schedule's learning rate apply;
+- `save_model`: the run's records beside the model; a failed save leaves the model in a temporary
+  directory that the error names;
 and guards the optimizer: a step whose gradients are not finite on any rank is skipped (no update)
 by every rank and counted (`nonfinite_steps`); more than `max_consecutive_nonfinite` in a row abort
 the run with a clear message, leaving the last complete checkpoint as it was.
@@ -16,19 +21,28 @@ the run with a clear message, leaving the last complete checkpoint as it was.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
-from sft.config import DiffusionSFTConfig
-from sft.data.collate import DiffusionCollator
+from sft.config import DiffusionSFTConfig, RunConfig
+from sft.data.collate import DiffusionCollator, pack_examples
 from sft.errors import UserError
 from sft.families.attention import attention_inputs
+from sft.families.loader import ResolvedModel
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
+from sft.training.checkpoints import check_writable
+from sft.training.inputs import api_recipe, data_tokenizer, diffusion_model, is_tokenized, tokenized_examples
+from sft.training.records import ModelCardCallback, write_records
+from sft.training.stopping import continue_schedule, interrupted, stop_on_interrupt
 
 
 def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:
@@ -45,27 +59,143 @@ def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:
     args.activation_checkpointing = args.gradient_checkpointing = False
 
 
+def _model_name(model: str | PreTrainedModel | ResolvedModel) -> str:
+    if isinstance(model, str):
+        return model
+    if isinstance(model, ResolvedModel):  # as `dlm-sft train` resolved it (read once per run)
+        return model.requested.name_or_path
+    return str(model.name_or_path or type(model).__name__)
+
+
 class DiffusionSFTTrainer(SFTTrainer):
-    """SFT for masked diffusion LMs. `args.mask_token_id` and `args.shift` come from the family."""
+    """TRL's `SFTTrainer` for masked diffusion LMs, called as it is:
+
+        DiffusionSFTTrainer(model="Dream-org/Dream-v0-Base-7B", args=DiffusionSFTConfig(...),
+                            train_dataset=chat_rows, eval_dataset=..., processing_class=..., peft_config=...)
+
+    `model` is a hub id, a local path or a `PreTrainedModel`; its family (Dream, LLaDA, a Qwen2/Llama
+    causal LM made bidirectional) sets `args.mask_token_id` and `args.shift`. The datasets hold
+    `messages` or `prompt`/`completion` rows, tokenized by `dlm-sft train`'s code into its cache
+    (`args.max_length`, else `DataSettings.max_length`; the EOS tail token from the family's tokenizer),
+    or examples it already tokenized. `recipe` is the resolved recipe of `dlm-sft train` (its model and
+    data sections, and what the records show); without it they are built from these arguments.
+    `save_model()` writes the model, tokenizer, `dlm_run.json` and model card that `dlm-sft export` reads."""
 
     args: DiffusionSFTConfig
 
     def __init__(
-        self, model: Any, args: DiffusionSFTConfig, *, eos_token_id: int, max_length: int, **kwargs: Any
+        self,
+        model: str | PreTrainedModel | ResolvedModel,
+        args: DiffusionSFTConfig | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
+        *,
+        recipe: RunConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        if args.mask_token_id is None:
-            raise ValueError("args.mask_token_id must be set (the model family provides it)")
-        if kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = DiffusionCollator.from_args(args, eos_token_id, max_length)
+        name = _model_name(model)
+        args = args or DiffusionSFTConfig(output_dir=f"{Path(name).name}-diffusion-sft")
+        check_writable(args.output_dir)
+        recipe = recipe or api_recipe(name, args, peft_config)
+        loaded = diffusion_model(
+            model, recipe.model, processing_class, args.seed, args.chat_template_path, args.output_dir
+        )
+        args.mask_token_id, args.shift = loaded.mask_token_id, loaded.family.shift
+        args.max_length = recipe.data.max_length
+        splits = {"train_dataset": train_dataset, "eval_dataset": eval_dataset}
+        tokenizer, eos = loaded.tokenizer, loaded.eos_token_id
+        if any(rows is not None and not is_tokenized(rows) for rows in splits.values()):
+            tokenizer, eos = data_tokenizer(
+                model, processing_class, loaded, recipe.model, args.chat_template_path
+            )
+        train_rows, eval_rows = (
+            rows
+            if rows is None
+            else tokenized_examples(rows, tokenizer, eos, recipe.data, key, recipe.source)
+            for key, rows in splits.items()
+        )
+        if data_collator is None:
+            pack = recipe.data.batching == "pack"
+            data_collator = DiffusionCollator.from_args(
+                args, loaded.eos_token_id, args.max_length, train_rows if pack else None
+            )
+            train_rows = pack_examples(train_rows, data_collator) if pack else train_rows
         checkpoint_through_fsdp(args)
-        super().__init__(model=model, args=args, **kwargs)
+        super().__init__(
+            model=loaded.model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            processing_class=loaded.tokenizer,
+            peft_config=peft_config,
+            **kwargs,
+        )
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         enable_prediction_positions(base)
+        self.recipe, self.family = recipe, loaded.family.name
+        self.add_callback(ModelCardCallback(recipe, self.family))
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the global denominator
         self.nonfinite_steps = 0
         self._noise_sums: dict[str, torch.Tensor] = {}  # per mode: noise_stats summed since the last log
         self._noise_batches: dict[str, int] = {}  # per mode: micro-batches in those sums
         self._consecutive_nonfinite = 0
+
+    # ------------------------------------------------------------------ training, resuming, saving
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
+        """`Trainer.train`; Ctrl-C (SIGINT) stops after the current step with a checkpoint saved and
+        raises `TrainingInterrupted` naming it (a second Ctrl-C stops at once)."""
+        with stop_on_interrupt(self) as interrupt:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if interrupt.requested:
+            raise interrupted(self.args.output_dir, self.state.global_step)
+        return output
+
+    def _init_training_state(self, max_steps: int, *args: Any) -> tuple[int, int]:
+        """On resume, logging/eval/save steps come from `args` (the recipe), not from the checkpoint's
+        trainer_state.json."""
+        epochs_and_steps = super()._init_training_state(max_steps, *args)
+        self.state.compute_steps(self.args, max_steps)
+        return epochs_and_steps
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Resumed with another `max_steps`, the schedule is the one for the new total: the learning
+        rate of the first resumed step is the new schedule's, not the checkpoint's (0 at the end of a
+        decay). For an unchanged schedule this is the learning rate the checkpoint holds."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            continue_schedule(self.lr_scheduler, self.optimizer)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (or adapter) and tokenizer; called for the run (not a checkpoint), also its
+        records (`dlm_run.json`, `trainer_state.json`, the model card). A save that fails saves the
+        model into a new temporary directory and raises a `UserError` naming it."""
+        output = output_dir or self.args.output_dir
+        try:
+            super().save_model(output, _internal_call)
+        except OSError as err:
+            if _internal_call:
+                raise
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # a second save would gather again
+                raise UserError(
+                    f"could not save the trained model ({err.strerror or err}); the newest checkpoint-N "
+                    "holds the latest saved weights",
+                    file=str(output),
+                    key="training.output_dir",
+                ) from None
+            rescue = tempfile.mkdtemp(prefix="dlm-sft-unsaved-")
+            super().save_model(rescue)
+            write_records(Path(rescue), self.recipe, self.state, self.family)
+            raise UserError(
+                f"could not save the trained model ({err.strerror or err}); it was saved to {rescue} instead",
+                file=str(output),
+                key="training.output_dir",
+            ) from None
+        if not _internal_call and self.is_world_process_zero():
+            write_records(Path(output), self.recipe, self.state, self.family)
 
     # ------------------------------------------------------------------ non-finite steps
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:

@@ -198,3 +198,53 @@ def test_a_finished_run_is_refused_unless_overwrite_output_dir(stopped_run, caps
     assert "resuming" not in out
     assert not list(run_dir.glob("checkpoint-*"))  # the old run's checkpoints are gone
     assert json.loads((run_dir / "dlm_run.json").read_text())["global_step"] == 6
+
+
+class FirstStep(TrainerCallback):
+    """The learning rate the first step of a (resumed) run trains with."""
+
+    def __init__(self) -> None:
+        self.lr: float | None = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.lr is None:
+            self.lr = optimizer.param_groups[0]["lr"]
+
+
+def test_resuming_with_more_steps_continues_the_schedule_and_takes_the_recipes_logging(
+    qwen2_dir, chat_file, tmp_path
+):
+    """The checkpoint's linear schedule ended at lr 0 at its max_steps; the resumed run follows the
+    schedule of its own max_steps from there, and logs every step as its recipe says."""
+    raw = recipe_dict(
+        qwen2_dir,
+        chat_file,
+        tmp_path / "run",
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=2,
+    )
+    build_trainer(build_run_config(raw)).train()
+    raw["training"].update(max_steps=8, logging_steps=1)
+    trainer = build_trainer(build_run_config(raw))
+    first = FirstStep()
+    trainer.add_callback(first)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    assert first.lr == pytest.approx(1e-3 * (8 - 4) / 8)  # linear decay over 8 steps, at step 4
+    logged = [e["step"] for e in trainer.state.log_history if "loss" in e]
+    assert logged == [2, 4, 5, 6, 7, 8]
+
+
+def test_an_unchanged_resume_keeps_the_checkpoints_learning_rate(qwen2_dir, chat_file, tmp_path):
+    raw = recipe_dict(
+        qwen2_dir, chat_file, tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2
+    )
+    raw["training"].update(lr_scheduler_type="cosine", warmup_steps=1)
+    build_trainer(build_run_config(raw)).train()
+    trainer = build_trainer(build_run_config(raw))
+    first = FirstStep()
+    trainer.add_callback(first)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    saved = torch.load(tmp_path / "run" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert first.lr == saved["param_groups"][0]["lr"]

@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import importlib.util
 import json
+import re
 import types
 import typing
 
@@ -15,14 +16,19 @@ import pytest
 import torch
 from trl import SFTConfig
 
-from sft.config import DIFFUSION_FIELDS, FAMILY_FIELDS, REFUSED_TRAINING_KEYS, DiffusionSFTConfig
+from sft.config import (
+    DIFFUSION_FIELDS,
+    FAMILY_FIELDS,
+    REFUSED_TRAINING_KEYS,
+    SCRIPT_KEYS,
+    DiffusionSFTConfig,
+)
 from sft.data.sources import load_chat_rows
 from sft.data.splits import prepare_data
 from sft.errors import UserError
 from sft.recipe import SECRET_FIELDS, build_run_config, load_recipe
-from sft.training.records import save_run
 from sft.training.run import build_trainer
-from tests.conftest import QUICKSTART_MODEL, recipe_dict
+from tests.conftest import QUICKSTART_MODEL, REPO, recipe_dict
 
 HINTS = typing.get_type_hints(DiffusionSFTConfig)
 DEFAULTS = DiffusionSFTConfig(output_dir="defaults")
@@ -203,9 +209,65 @@ def test_chat_template_path_renders_the_data_and_is_saved_with_the_run(qwen2_dir
     assert first.startswith(f"[{row[0]['role']}] {row[0]['content']}")
     trainer = build_trainer(config, data)
     trainer.train()
-    save_run(trainer, config)
+    trainer.save_model()
     assert (tmp_path / "run" / "chat_template.jinja").read_text() == template.read_text()
 
     raw["training"]["chat_template_path"] = str(chat_file)
     with pytest.raises(UserError, match="training.chat_template_path: not a .jinja/.j2 chat template"):
         prepare_data(build_run_config(raw))
+
+
+def readme_trl_table() -> list[tuple[list[str], list[str], str]]:
+    """Rows of the README's "Coming from TRL / alignment-handbook" table: (TRL keys, dlm-sft names, the
+    dlm-sft cell)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Coming from TRL / alignment-handbook", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            trl = [k.split(":")[0] for k in re.findall(r"`([^`]+)`", cells[0])]
+            rows.append((trl, re.findall(r"`([^`]+)`", cells[1]), cells[1]))
+    return rows
+
+
+TABLE = readme_trl_table()
+
+
+def test_the_readme_trl_table_is_read():
+    keys = [key for trl, _, _ in TABLE for key in trl]
+    assert {
+        "model_name_or_path",
+        "dataset_name",
+        "max_seq_length",
+        "packing",
+        "resume_from_checkpoint",
+    } <= set(keys)
+
+
+@pytest.mark.parametrize(("trl", "names", "cell"), TABLE, ids=[",".join(row[0]) for row in TABLE])
+def test_each_row_of_the_readme_trl_table_is_true(trl, names, cell, tmp_path):
+    """Each TRL key works as the row says: as in TRL ("the same"), or refused with one line naming a
+    dlm-sft setting of the row, under `training:` and, for a script key, at a handbook recipe's top level."""
+    for key in trl:
+        if cell.startswith("the same"):
+            value = True if key == "resume_from_checkpoint" else str(tmp_path / "t.jinja")
+            assert getattr(build_run_config(_recipe({key: value})).training, key) == value
+            continue
+        recipes = [_recipe({key: _refused_value(key)})]
+        if key in SCRIPT_KEYS:
+            recipes.append({**_recipe({}), key: "x"})
+        for raw in recipes:
+            with pytest.raises(UserError) as err:
+                build_run_config(raw, "r.yaml")
+            line = err.value.line()
+            assert "unknown" not in line and "\n" not in line, line
+            assert any(name.split(":")[0] in line for name in names) or "remove it" in line, line
+
+
+@pytest.mark.parametrize("typo", ["max_seq_lenght", "packin", "dataset_nam"])
+def test_a_typo_is_never_pointed_at_a_refused_key(typo):
+    with pytest.raises(UserError) as err:
+        build_run_config(_recipe({typo: 1}))
+    suggestion = re.search(r"did you mean '(\w+)'", err.value.line())
+    assert suggestion is None or suggestion.group(1) not in {*REFUSED_TRAINING_KEYS, *SCRIPT_KEYS}
