@@ -73,15 +73,17 @@ def load_model(
         )
     model_config = AutoConfig.from_pretrained(settings.name_or_path)
     model = instantiate(MODEL_CLASSES[model_type], model_config, settings)
-    if getattr(model.config, "mask_token_id", None) is None and (
-        settings.mask_token not in tokenizer.get_vocab()
-    ):
-        tokenizer.add_tokens(
-            [AddedToken(settings.mask_token, special=True, normalized=False)], special_tokens=True
-        )
+    if getattr(model.config, "mask_token_id", None) is None:
+        add_mask_token(model, tokenizer, settings.mask_token)
+    return model
+
+
+def add_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token: str) -> None:
+    """Add `token` to the tokenizer when it lacks it, and resize the embeddings to the vocabulary."""
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    return model
 
 
 FAMILY = Family(
@@ -94,4 +96,5 @@ FAMILY = Family(
     known_configs=KNOWN_CONFIGS,
     export_classes={model_type: cls.__name__ for model_type, cls in MODEL_CLASSES.items()},
     layer_shape=layer_shape,
+    add_mask_token=add_mask_token,
 )

@@ -50,6 +50,8 @@ class Family:
     # (settings, config.json, tokenizer) -> model; may add the mask token to the tokenizer
     load_model: Callable[[ModelSettings, dict[str, Any], PreTrainedTokenizerBase], PreTrainedModel]
     runs_remote_code: bool = False  # loading runs the checkpoint's own code: needs model.trust_remote_code
+    # (model, tokenizer, mask token): add the mask token where the vocabulary lacks one; None: it cannot
+    add_mask_token: Callable[[PreTrainedModel, PreTrainedTokenizerBase, str], None] | None = None
     # ---- formats: the family's release layout (None: it has none beyond transformers' own)
     is_release_layout: Callable[[dict[str, Any]], bool] | None = None
     release_model_type: str | None = None  # the transformers model_type its release layout can hold

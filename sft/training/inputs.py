@@ -4,18 +4,20 @@ datasets (`messages` or `prompt`/`completion` rows) tokenized by the same code i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 from peft import LoraConfig, PeftConfig
-from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import FAMILY_FIELDS, DataSettings, DiffusionSFTConfig, LoraSettings, ModelSettings, RunConfig
 from sft.data.splits import require_chat_template, tokenize_split
 from sft.errors import UserError
-from sft.families.base import FAMILY_KEY, MASK_TOKEN, LoadedModel, token_id
+from sft.families import known_checkpoints
+from sft.families.base import FAMILY_KEY, LoadedModel, token_id
 from sft.families.loader import (
     ResolvedModel,
     detect_family,
@@ -80,15 +82,15 @@ def _as_diffusion_model(
     mask_id = getattr(model.config, "mask_token_id", None)
     if mask_id is None:
         mask_id = token_id(tokenizer, settings.mask_token) or mask_token_from_vocabulary(tokenizer)
-    if mask_id is None and family.name == "ar":
-        tokenizer.add_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)], special_tokens=True)
-        mask_id = token_id(tokenizer, MASK_TOKEN)
+    if mask_id is None and family.add_mask_token is not None:
+        family.add_mask_token(model, tokenizer, settings.mask_token)
+        mask_id = token_id(tokenizer, settings.mask_token)
     if mask_id is None:
         raise UserError(
             f"no mask token: the config has no mask_token_id and the tokenizer no {settings.mask_token!r}",
             file=name,
             key="model",
-            expected="a Dream, LLaDA, Qwen2 or Llama model",
+            expected=f"a {known_checkpoints()} model",
         )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -171,3 +173,25 @@ def api_recipe(name: str, args: DiffusionSFTConfig, peft_config: PeftConfig | No
             modules_to_save=peft_config.modules_to_save,
         )
     return RunConfig(ModelSettings(name_or_path=name), data, args, lora, training_keys=changed)
+
+
+def model_name(model: str | PreTrainedModel | ResolvedModel) -> str:
+    if isinstance(model, str):
+        return model
+    if isinstance(model, ResolvedModel):  # as `dlm-sft train` resolved it (read once per run)
+        return model.requested.name_or_path
+    return str(model.name_or_path or type(model).__name__)
+
+
+def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:
+    """Under FSDP, `activation_checkpointing` is handed to FSDP's own checkpointing (accelerate's
+    `fsdp_activation_checkpointing`, read from the environment that `accelerate launch` sets, before
+    the Trainer builds its Accelerator): transformers' checkpointing on top of FSDP re-gathers each
+    layer's weights once more in the backward. The two are never on together (the Trainer refuses that)."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp_plugin_args
+    if not (fsdp and args.activation_checkpointing):
+        return
+    os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
+    if args.fsdp_plugin_args is not None:
+        args.fsdp_plugin_args["activation_checkpointing"] = True
+    args.activation_checkpointing = args.gradient_checkpointing = False

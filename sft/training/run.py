@@ -17,8 +17,8 @@ from transformers import TrainerCallback
 from sft.config import RunConfig
 from sft.data.splits import PreparedData, data_summary, prepare_data
 from sft.families.base import LoadedModel
-from sft.training.checkpoints import ReplacedRun, remove_path
 from sft.families.loader import ResolvedModel
+from sft.training.checkpoints import ReplacedRun, remove_path
 from sft.training.inputs import diffusion_model
 from sft.training.preflight import check_run
 from sft.training.steps import run_steps

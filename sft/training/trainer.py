@@ -20,7 +20,6 @@ the run with a clear message, leaving the last complete checkpoint as it was.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,31 +39,17 @@ from sft.families.loader import ResolvedModel
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
 from sft.training.checkpoints import check_writable
-from sft.training.inputs import api_recipe, data_tokenizer, diffusion_model, is_tokenized, tokenized_examples
+from sft.training.inputs import (
+    api_recipe,
+    checkpoint_through_fsdp,
+    data_tokenizer,
+    diffusion_model,
+    is_tokenized,
+    model_name,
+    tokenized_examples,
+)
 from sft.training.records import ModelCardCallback, write_records
 from sft.training.stopping import continue_schedule, interrupted, stop_on_interrupt
-
-
-def checkpoint_through_fsdp(args: DiffusionSFTConfig) -> None:
-    """Under FSDP, `activation_checkpointing` is handed to FSDP's own checkpointing (accelerate's
-    `fsdp_activation_checkpointing`, read from the environment that `accelerate launch` sets, before
-    the Trainer builds its Accelerator): transformers' checkpointing on top of FSDP re-gathers each
-    layer's weights once more in the backward. The two are never on together (the Trainer refuses that)."""
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp_plugin_args
-    if not (fsdp and args.activation_checkpointing):
-        return
-    os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
-    if args.fsdp_plugin_args is not None:
-        args.fsdp_plugin_args["activation_checkpointing"] = True
-    args.activation_checkpointing = args.gradient_checkpointing = False
-
-
-def _model_name(model: str | PreTrainedModel | ResolvedModel) -> str:
-    if isinstance(model, str):
-        return model
-    if isinstance(model, ResolvedModel):  # as `dlm-sft train` resolved it (read once per run)
-        return model.requested.name_or_path
-    return str(model.name_or_path or type(model).__name__)
 
 
 class DiffusionSFTTrainer(SFTTrainer):
@@ -96,7 +81,7 @@ class DiffusionSFTTrainer(SFTTrainer):
         recipe: RunConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        name = _model_name(model)
+        name = model_name(model)
         args = args or DiffusionSFTConfig(output_dir=f"{Path(name).name}-diffusion-sft")
         check_writable(args.output_dir)
         recipe = recipe or api_recipe(name, args, peft_config)

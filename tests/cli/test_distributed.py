@@ -241,7 +241,7 @@ def test_under_fsdp_activation_checkpointing_is_fsdps_own_never_both(monkeypatch
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from sft.config import DiffusionSFTConfig
-    from sft.training.trainer import checkpoint_through_fsdp
+    from sft.training.inputs import checkpoint_through_fsdp
 
     for key, value in fsdp_launch_environment().items():
         monkeypatch.setenv(key, value)
