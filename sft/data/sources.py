@@ -111,7 +111,7 @@ def _dataset(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str] | None:
     return None
 
 
-READER_VERSION = 1
+READER_VERSION = 2
 """Bumped when reading or checking rows changes, so rows read by older code are not reused."""
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

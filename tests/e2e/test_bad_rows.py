@@ -162,12 +162,19 @@ JSONL_KINDS: dict[str, tuple[Callable[[Row, random.Random], bytes], str | None, 
         "content_not_a_string",
         "content_not_a_string",
     ),
-    "content_parts": (
+    "content_image_part": (
         lambda g, r: _line(
-            _with(g, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, _turns(g)[1])
+            _with(g, {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, _turns(g)[1])
         ),
-        "content_not_a_string",
-        "content_not_a_string",
+        "non_text_content",
+        "non_text_content",
+    ),
+    "structured_tool_calls": (
+        lambda g, r: _line(
+            _with(g, _turns(g)[0], {"role": "assistant", "content": None, "tool_calls": [{}]})
+        ),
+        "structured_tool_calls",
+        "structured_tool_calls",
     ),
     "content_bool": (
         lambda g, r: _line(_with(g, _turns(g)[0], {"role": "assistant", "content": True})),
@@ -180,7 +187,7 @@ JSONL_KINDS: dict[str, tuple[Callable[[Row, random.Random], bytes], str | None, 
         "content_not_a_string",
     ),
     "unknown_role": (
-        lambda g, r: _line(_with(g, {"role": "tool", "content": "hi"}, _turns(g)[1])),
+        lambda g, r: _line(_with(g, {"role": "narrator", "content": "hi"}, _turns(g)[1])),
         "unknown_role",
         "unknown_role",
     ),
@@ -274,7 +281,10 @@ def _parquet_rows(goods: list[Row]) -> tuple[list[Row], list[bytes | None], Coun
             lambda g: _with(g, _turns(g)[0], {"role": "assistant", "content": "  "}),
             "empty_content",
         ),
-        "unknown_role": (lambda g: _with(g, {"role": "tool", "content": "x"}, _turns(g)[1]), "unknown_role"),
+        "unknown_role": (
+            lambda g: _with(g, {"role": "narrator", "content": "x"}, _turns(g)[1]),
+            "unknown_role",
+        ),
         "starts_with_assistant": (lambda g: _with(g, _turns(g)[1], *_turns(g)), "roles_out_of_order"),
         "ends_with_user": (lambda g: _with(g, *_turns(g), _turns(g)[0]), "not_ending_with_assistant"),
         "giant_row": (
