@@ -27,6 +27,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from sft.data.files import data_suffix
 from sft.errors import UserError
 from sft.validation import first_line, is_hub_id
 
@@ -35,7 +36,6 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.jinja",
 weights and other frameworks' files are never downloaded)."""
 TOKENIZER_FILES = tuple(p for p in MODEL_FILES if p != "*.safetensors")
 """A snapshot without the weights: enough for config.json, the tokenizer and the remote-code files."""
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def offline() -> bool:
@@ -131,7 +131,7 @@ class DatasetRef:
 def is_dataset_id(text: str) -> bool:
     """A string naming a hub dataset rather than a local file: `org/name`, no data-file suffix, and
     nothing at that path."""
-    return hub_name(text) is not None and not text.lower().endswith(DATA_SUFFIXES)
+    return hub_name(text) is not None and data_suffix(text) is None
 
 
 def load_dataset(ref: DatasetRef) -> datasets.Dataset:

@@ -28,6 +28,7 @@ from sft.config import (
     ModelSettings,
     RunConfig,
 )
+from sft.data.files import LISTED
 from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.hub import DatasetRef
@@ -253,7 +254,7 @@ def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> Non
             f"file not found: {item}",
             file=file,
             key=where,
-            expected="an existing .jsonl/.json/.parquet file or directory, or a hub dataset id",
+            expected=f"an existing data file ({LISTED}) or directory, or a hub dataset id",
         )
 
 
