@@ -142,6 +142,7 @@ def load_dataset(ref: DatasetRef) -> datasets.Dataset:
         try:
             return _quiet_load(str(cached), ref.config, ref.split)
         except (FileNotFoundError, ValueError) as err:  # a config/split missing, or not downloaded yet
+            _refuse_missing_config(ref, str(cached))
             if offline():
                 raise UserError(
                     f"cannot read dataset {ref.name!r} (config {ref.config}, split {ref.split}) from the "
@@ -153,10 +154,27 @@ def load_dataset(ref: DatasetRef) -> datasets.Dataset:
     try:
         return _quiet_load(ref.name, ref.config, ref.split, revision=ref.revision)
     except Exception as err:  # noqa: BLE001 - missing, private, bad config/split: one line for the user
+        _refuse_missing_config(ref, ref.name)
         raise UserError(
             f"cannot load dataset {ref.name!r} (config {ref.config}, split {ref.split}): {first_line(err)}",
             expected="a hub dataset id with an existing config and split",
         ) from None
+
+
+def _refuse_missing_config(ref: DatasetRef, path: str) -> None:
+    """A `UserError` listing the configs when no config was given and the dataset has several."""
+    if ref.config is not None:
+        return
+    try:
+        configs = datasets.get_dataset_config_names(path)
+    except Exception:  # noqa: BLE001 - the caller reports the load error itself
+        return
+    if len(configs) > 1:
+        raise UserError(
+            f"dataset {ref.name!r} has {len(configs)} configs and none is set: {', '.join(configs)}",
+            expected=f"a config, e.g. {{name: {ref.name}, config: {configs[0]}}} "
+            "(a recipe's data.train/data.eval entry, or a prepare source's `config:`)",
+        )
 
 
 def _cached_dataset_dir(ref: DatasetRef) -> Path | None:
