@@ -15,6 +15,7 @@ from sft.data.collate import DiffusionCollator, pack_examples
 from sft.data.splits import PreparedData, data_summary, prepare_data
 from sft.families.base import LoadedModel
 from sft.families.loader import load_model
+from sft.ranks import say
 from sft.training.checkpoints import resume_point
 from sft.training.records import ModelCardCallback, save_run
 from sft.training.steps import run_steps
@@ -94,9 +95,9 @@ def train(config: RunConfig) -> DiffusionSFTTrainer:
     resume = resume_point(config)
     if resume:
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
-        print(f"resuming from {resume} at step {step}", flush=True)
+        say(f"resuming from {resume} at step {step}")
     data = prepare_data(config)
-    print("\n".join(data_summary(data)), flush=True)
+    say("\n".join(data_summary(data)))
     trainer = build_trainer(config, data)
     trainer.train(resume_from_checkpoint=resume)
     save_run(trainer, config)
