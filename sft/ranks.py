@@ -22,9 +22,10 @@ def world_size() -> int:
     return _first_int(WORLD_SIZE_VARIABLES, 1)
 
 
-def local_world_size() -> int:
-    """Processes the launcher started on this machine."""
-    return _first_int(("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"), world_size())
+def local_world_size() -> int | None:
+    """Processes the launcher started on this machine, when it says (torchrun and MPI do)."""
+    local = _first_int(("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"), 0)
+    return local or None
 
 
 def is_main_process() -> bool:

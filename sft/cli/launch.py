@@ -127,10 +127,10 @@ def _process_problem(recipe: str, overrides: list[str]) -> UserError | None:
             key="training.use_cpu",
             expected=f"{ddp(world)}, or training.use_cpu=true under this launcher",
         )
-    gpus = 0 if use_cpu else gpu_count()
-    if world > 1 and gpus and local_world_size() > gpus:
+    gpus, local = 0 if use_cpu else gpu_count(), local_world_size()
+    if world > 1 and gpus and local is not None and local > gpus:
         return UserError(
-            f"{local_world_size()} processes on this machine, but it has {gpus} GPU(s): one each is needed",
+            f"{local} processes on this machine, but it has {gpus} GPU(s): one each is needed",
             key="--num-processes",
             expected=f"{ddp(gpus)} (one process per GPU)",
         )
