@@ -175,7 +175,10 @@ def csv_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
     start = 0
     try:
         reader = pcsv.open_csv(
-            file, read_options=pcsv.ReadOptions(block_size=1 << 22), convert_options=convert
+            file,
+            read_options=pcsv.ReadOptions(block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True),  # chat turns have line breaks
+            convert_options=convert,
         )
         for batch in reader:
             rows = [_json_cells(row) for row in _batch_rows(batch)]

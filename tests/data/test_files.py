@@ -27,6 +27,7 @@ ROWS = [
     }
     for n in (321, 54, 987)
 ]
+ROWS[-1]["messages"][0]["content"] = "Sort,\n987"  # a quoted CSV cell with a comma and a line break
 
 
 def write_gzip(path, rows):
@@ -65,7 +66,7 @@ def test_prepare_reads_gzipped_json_lines_and_csv(tmp_path):
     assert sorted(row["messages"][0]["content"] for row in read_kept(tmp_path / "out")) == [
         "Sort 321",
         "Sort 54",
-        "Sort 987",
+        "Sort,\n987",
     ]
 
 
