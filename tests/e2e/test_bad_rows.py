@@ -4,6 +4,7 @@ commands as users run them; every row is kept or dropped with its reason, and th
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -470,6 +471,9 @@ UNREADABLE: dict[str, Callable[[Path], Path]] = {
     "utf16": lambda d: _write(d / "utf16.jsonl", '{"messages": []}\n'.encode("utf-16")),
     "not_parquet": lambda d: _write(d / "broken.parquet", b"PAR1 this is not parquet"),
     "parquet_without_conversations": lambda d: _parquet(d / "text.parquet", [{"text": "a"}]),
+    "cut_off_gzip": lambda d: _write(d / "cut.jsonl.gz", gzip.compress(b'{"messages": []}\n' * 999)[:-40]),
+    "csv_without_conversations": lambda d: _write(d / "notes.csv", b"text,label\na,1\n"),
+    "utf16_csv": lambda d: _write(d / "utf16.csv", "prompt,completion\na,b\n".encode("utf-16")),
 }
 
 
