@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -129,9 +130,7 @@ def check_shape(messages: list[dict[str, str]]) -> None:
     if roles[-1] != "assistant":
         raise RowProblem("not_ending_with_assistant")
     body = roles[1:] if roles[0] == "system" else roles
-    if body[0] != "user" or any(
-        role not in FOLLOWERS.get(previous, ()) for previous, role in zip(body, body[1:], strict=False)
-    ):
+    if body[0] != "user" or any(role not in FOLLOWERS.get(previous, ()) for previous, role in pairwise(body)):
         raise RowProblem("roles_out_of_order")
 
 
