@@ -265,7 +265,7 @@ class ModelSettings:
 class DataSettings:
     """The recipe's `data:` section.
 
-    train: a chat data file (`.jsonl`, `.json`, `.parquet`) or directory (parquet shards, the hub
+    train: a chat data file (a suffix of `sft.data.files.SUFFIXES`) or directory (parquet shards, the hub
         layout with `data/`, or a `Dataset.save_to_disk` directory), a hub dataset id
         (`HuggingFaceTB/smoltalk`) or a mapping `{name, config, split, revision}` as
         `datasets.load_dataset` takes them (`name` may also be a `DatasetDict.save_to_disk`

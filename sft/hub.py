@@ -27,6 +27,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from sft.data.files import data_suffix
 from sft.errors import UserError
 from sft.validation import first_line, is_hub_id
 
@@ -35,7 +36,6 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.jinja",
 weights and other frameworks' files are never downloaded)."""
 TOKENIZER_FILES = tuple(p for p in MODEL_FILES if p != "*.safetensors")
 """A snapshot without the weights: enough for config.json, the tokenizer and the remote-code files."""
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def offline() -> bool:
@@ -131,7 +131,7 @@ class DatasetRef:
 def is_dataset_id(text: str) -> bool:
     """A string naming a hub dataset rather than a local file: `org/name`, no data-file suffix, and
     nothing at that path."""
-    return hub_name(text) is not None and not text.lower().endswith(DATA_SUFFIXES)
+    return hub_name(text) is not None and data_suffix(text) is None
 
 
 def load_dataset(ref: DatasetRef) -> datasets.Dataset:
@@ -142,6 +142,7 @@ def load_dataset(ref: DatasetRef) -> datasets.Dataset:
         try:
             return _quiet_load(str(cached), ref.config, ref.split)
         except (FileNotFoundError, ValueError) as err:  # a config/split missing, or not downloaded yet
+            _refuse_missing_config(ref, str(cached))
             if offline():
                 raise UserError(
                     f"cannot read dataset {ref.name!r} (config {ref.config}, split {ref.split}) from the "
@@ -153,10 +154,27 @@ def load_dataset(ref: DatasetRef) -> datasets.Dataset:
     try:
         return _quiet_load(ref.name, ref.config, ref.split, revision=ref.revision)
     except Exception as err:  # noqa: BLE001 - missing, private, bad config/split: one line for the user
+        _refuse_missing_config(ref, ref.name)
         raise UserError(
             f"cannot load dataset {ref.name!r} (config {ref.config}, split {ref.split}): {first_line(err)}",
             expected="a hub dataset id with an existing config and split",
         ) from None
+
+
+def _refuse_missing_config(ref: DatasetRef, path: str) -> None:
+    """A `UserError` listing the configs when no config was given and the dataset has several."""
+    if ref.config is not None:
+        return
+    try:
+        configs = datasets.get_dataset_config_names(path)
+    except Exception:  # noqa: BLE001 - the caller reports the load error itself
+        return
+    if len(configs) > 1:
+        raise UserError(
+            f"dataset {ref.name!r} has {len(configs)} configs and none is set: {', '.join(configs)}",
+            expected=f"a config, e.g. {{name: {ref.name}, config: {configs[0]}}} "
+            "(a recipe's data.train/data.eval entry, or a prepare source's `config:`)",
+        )
 
 
 def _cached_dataset_dir(ref: DatasetRef) -> Path | None:

@@ -29,6 +29,7 @@ from sft.config import (
     ModelSettings,
     RunConfig,
 )
+from sft.data.files import LISTED
 from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.families.attention import PACKED_VARLEN
@@ -275,7 +276,7 @@ def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> Non
             f"file not found: {item}",
             file=file,
             key=where,
-            expected="an existing .jsonl/.json/.parquet file or directory, or a hub dataset id",
+            expected=f"an existing data file ({LISTED}) or directory, or a hub dataset id",
         )
 
 

@@ -137,11 +137,17 @@ def plot(history: RunHistory, output: Path) -> Path:
 
 
 def _plot_results(axis: Any, file: Path, results: dict[str, Any]) -> None:
-    """Horizontal bars: one per task metric, with its standard error."""
+    """Horizontal bars: one per task metric, with its standard error, a tick at its value and the value
+    written beside it (a 0.0 score has a bar of no width: the tick and the label still show it)."""
     rows = metrics(results)
     labels = [f"{task} {name}" for task, name, _, _ in rows]
+    values = [value for _, _, value, _ in rows]
     errors = [error or 0.0 for _, _, _, error in rows]
-    axis.barh(labels, [value for _, _, value, _ in rows], xerr=errors, color="tab:purple", alpha=0.8)
+    bars = axis.barh(labels, values, xerr=errors, color="tab:purple", alpha=0.8)
+    axis.plot(values, range(len(rows)), linestyle="none", marker="|", markersize=14, color="tab:purple")
+    axis.bar_label(bars, labels=[f"{value:.4g}" for value in values], padding=3)
+    right = max((value + error for value, error in zip(values, errors)), default=0.0)
+    axis.set_xlim(left=min(0.0, *values), right=right * 1.15 or 1.0)
     axis.invert_yaxis()
     axis.set(xlabel="score", title=f"eval results ({file.name})")
     axis.grid(alpha=0.3, axis="x")

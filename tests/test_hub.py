@@ -113,9 +113,14 @@ def test_a_recipe_accepts_hub_datasets_in_data_train_and_eval(hub_cache, tmp_pat
         )
 
 
-def test_a_hub_dataset_without_its_config_names_the_configs_problem(hub_cache):
-    with pytest.raises(UserError, match="HuggingFaceTB/smoltalk.*config None.*Config name is missing"):
-        load_chat_rows(SMOLTALK)  # SmolTalk has no default config, as on the hub
+def test_a_hub_dataset_with_several_configs_and_none_set_lists_them_and_names_the_key(hub_cache, capsys):
+    """SmolTalk has no default config, as on the hub: the bare id of the README is one line listing
+    the cached configs and saying to set `config` (not a hint to download what is cached)."""
+    with pytest.raises(UserError) as err:
+        load_chat_rows(SMOLTALK)
+    line = str(err.value)
+    assert "'HuggingFaceTB/smoltalk' has 3 configs and none is set: all, everyday-conversations, " in line
+    assert "config: all}" in line and "hf download" not in line
 
 
 def test_generate_and_export_take_a_hub_id(hub_cache, tmp_path, capsys):

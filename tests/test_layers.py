@@ -16,6 +16,8 @@ FLOORS = {
     "sft.errors": 0,
     "sft.loss": 1,
     "sft.tasks": 0,
+    "sft.ranks": 0,
+    "sft.notices": 0,
     "sft.validation": 1,
     "sft.hub": 2,
     "sft.config": 2,

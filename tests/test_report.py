@@ -42,3 +42,23 @@ def test_report_plots_curves_and_summarises_a_tiny_run(qwen2_dir, chat_file, tmp
 def test_report_on_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no trainer_state.json" in capsys.readouterr().err
+
+
+def test_a_zero_metric_gets_a_tick_and_its_value_in_the_results_panel(tmp_path):
+    """A 0.0 score is a bar of no width: the panel still marks it and writes its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sft.report import _plot_results
+
+    results = {"results": {"countdown": {"exact_match,none": 0.0, "exact_match_stderr,none": 0.0}}}
+    results["results"]["sudoku"] = {"exact_match,none": 0.5}
+    figure, axis = plt.subplots()
+    _plot_results(axis, tmp_path / "results.json", results)
+    ticks = [tuple(line.get_xdata()) for line in axis.get_lines()]
+    assert (0.0, 0.5) in ticks
+    assert [text.get_text() for text in axis.texts] == ["0", "0.5"]
+    assert axis.get_xlim()[1] > 0.5
+    plt.close(figure)

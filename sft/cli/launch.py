@@ -14,9 +14,19 @@ turns FSDP into DDP, and DeepSpeed's CPU backend hangs at start. Multi-node runs
 `--num_machines`, `--machine_rank`, `--main_process_ip` and `--main_process_port` to the printed line
 (docs/distributed.md, scripts/slurm_multinode.sh).
 
-A plain `dlm-sft train` on a machine with several GPUs stops (`refuse_data_parallel`): one process
-seeing several GPUs is what makes the Trainer use torch DataParallel, which replicates the model per
-GPU and splits each batch, but not the prediction positions the masked-only head gathers.
+Under any launcher, `dlm-sft train` first checks that its processes form one run
+(`check_processes`), and otherwise stops with one line naming the command that works:
+- one process seeing several GPUs (no launcher) would make the Trainer use torch DataParallel, which
+  replicates the model per GPU and splits each batch, but not the prediction positions the
+  masked-only head gathers;
+- processes started together (`WORLD_SIZE` > 1) join one process group only on an accelerator with a
+  distributed backend, or on the CPU with `training.use_cpu=true` (gloo): without GPUs and without
+  it, accelerate makes each an independent run, all writing one output_dir;
+- more processes on a machine than it has GPUs cannot each get one;
+- `accelerate launch --num_processes N` without `--multi_gpu` (or with `--cpu`) starts one process
+  only, with no word of it; that launcher sets `ACCELERATE_MIXED_PRECISION` and, for N > 1 only,
+  `MASTER_ADDR`, but no world size (MPI, which it leaves to start the processes, would set one).
+Only global rank 0 prints the line; the other ranks exit with the same code.
 """
 
 from __future__ import annotations
@@ -30,9 +40,10 @@ from pathlib import Path
 
 import yaml
 
-from sft.config import RunConfig
 from sft.engines import resolve_config
 from sft.errors import UserError
+from sft.ranks import is_main_process, local_world_size, world_size
+from sft.validation import apply_override, read_mapping
 
 
 def read_accelerate_config(path: Path) -> dict:
@@ -58,20 +69,80 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def refuse_data_parallel(config: RunConfig) -> None:
-    """A UserError naming `--accelerate` when this process would drive several GPUs alone: no
-    launcher started it (WORLD_SIZE unset or 1) and the Trainer would see more than one GPU."""
-    if config.training.use_cpu or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def joins_process_group(use_cpu: bool) -> bool:
+    """Whether accelerate puts this process into its launch's process group, as it decides: on the
+    CPU (gloo) when told to use it, else on an accelerator that has a distributed backend."""
+    if use_cpu:
+        return True
+    from accelerate.utils import get_distributed_backend, get_torch_accelerator_backend
+
+    device_type, _ = get_torch_accelerator_backend()
+    return get_distributed_backend(device_type) is not None
+
+
+def check_processes(recipe: str, overrides: list[str]) -> None:
+    """Stop (one line, from rank 0) a launch whose processes would not train as one run. Runs before
+    the recipe's TrainingArguments are built: building them is what sets the process group up (or,
+    with too few GPUs, fails selecting one)."""
+    problem = _process_problem(recipe, overrides)
+    if problem is None:
         return
-    gpus = gpu_count()
-    if gpus > 1:
-        raise UserError(
+    if not is_main_process():
+        raise SystemExit(2)  # rank 0 says it
+    raise problem
+
+
+def _uses_cpu(recipe: str, overrides: list[str]) -> bool:
+    """`training.use_cpu` as the recipe and its overrides set it, or accelerate's `--cpu`."""
+    from sft.recipe import locate
+
+    file = locate(recipe)
+    raw = read_mapping(file, "a YAML recipe")
+    for override in overrides:
+        apply_override(raw, override, file)
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    return training.get("use_cpu") is True or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+
+
+def _process_problem(recipe: str, overrides: list[str]) -> UserError | None:
+    use_cpu, world = _uses_cpu(recipe, overrides), world_size()
+
+    def ddp(processes: int | str) -> str:
+        line = shlex.join(["dlm-sft", "train", recipe, *overrides, "--accelerate", "ddp"])
+        return f"`{line} --num-processes {processes}`"
+
+    if world == 1 and os.environ.get("ACCELERATE_MIXED_PRECISION") and os.environ.get("MASTER_ADDR"):
+        return UserError(
+            "accelerate launch started one process although more were asked for "
+            "(--num_processes N without --multi_gpu, or with --cpu, starts only one)",
+            key="accelerate launch",
+            expected=f"{ddp('N')}, or accelerate launch --multi_gpu --num_processes N "
+            "... training.use_cpu=true on CPUs",
+        )
+    if world > 1 and not joins_process_group(use_cpu):
+        return UserError(
+            f"{world} processes were started (WORLD_SIZE={world}), but without GPUs they join one "
+            "process group only with training.use_cpu=true: each would train alone into the same "
+            "output_dir",
+            key="training.use_cpu",
+            expected=f"{ddp(world)}, or training.use_cpu=true under this launcher",
+        )
+    gpus, local = 0 if use_cpu else gpu_count(), local_world_size()
+    if world > 1 and gpus and local is not None and local > gpus:
+        return UserError(
+            f"{local} processes on this machine, but it has {gpus} GPU(s): one each is needed",
+            key="--num-processes",
+            expected=f"{ddp(gpus)} (one process per GPU)",
+        )
+    if world == 1 and gpus > 1:
+        return UserError(
             f"{gpus} GPUs are visible to one process, which the Trainer would spread over them with "
             "torch DataParallel (not supported)",
             key="--accelerate",
             expected=f"--accelerate ddp|fsdp|zero2|zero3 for one process per GPU ({gpus}), "
             "or CUDA_VISIBLE_DEVICES=0 for one GPU",
         )
+    return None
 
 
 def launch_command(

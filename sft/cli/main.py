@@ -18,6 +18,7 @@ import typing
 
 from sft.cli import evaluate, export, generate, plan, prepare, quickstart, report, train
 from sft.errors import UserError
+from sft.notices import quiet_deepspeed_cpu_notice
 
 COMMANDS = (train, prepare, quickstart, generate, evaluate, export, plan, report)
 """Every `dlm-sft` command, in the order `--help` lists them."""
@@ -53,6 +54,7 @@ def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(argv)
+    quiet_deepspeed_cpu_notice()
     try:
         return args.run(args)
     except UserError as err:

@@ -26,11 +26,12 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sft.cli.launch import refuse_data_parallel
+    from sft.cli.launch import check_processes
     from sft.recipe import load_recipe
 
-    config = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
-    refuse_data_parallel(config)
+    recipe = str(args.recipe or DEFAULT_RECIPE)
+    check_processes(recipe, args.overrides)
+    config = load_recipe(recipe, args.overrides)
     untrained, trained = run_quickstart(config)
     print(f"accuracy: untrained={untrained:.3f} trained={trained:.3f}")
     return 0

@@ -47,11 +47,14 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sft.cli.launch import refuse_data_parallel
+    from sft.cli.launch import check_processes
     from sft.recipe import load_recipe
 
+    launching = args.accelerate is not None or args.num_processes is not None or args.print_launch
+    if not (launching or args.dry_run or args.tokenize_only):
+        check_processes(args.recipe, args.overrides)  # before the TrainingArguments pick devices
     config = load_recipe(args.recipe, args.overrides)
-    if args.accelerate is not None or args.num_processes is not None or args.print_launch:
+    if launching:
         return _launch(args)
     if args.dry_run or args.tokenize_only:
         from sft.data.splits import data_summary, prepare_data
@@ -69,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
             if split is not None:
                 print(f"{name} tokenized into {split.cache}")
         return 0
-    refuse_data_parallel(config)
+    from sft.ranks import say
     from sft.training.run import train
 
     train(config)
-    print(f"saved to {config.training.output_dir}")
+    say(f"saved to {config.training.output_dir}")
     return 0
 
 

@@ -77,7 +77,7 @@ def wait_for(path: Path, timeout: float, what: str, poll_seconds: float = 2.0) -
         time.sleep(poll_seconds)
 
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Bumped when tokenization or the cache layout changes, so old caches are not reused."""
 
 

@@ -1,29 +1,34 @@
-"""Raw rows of chat data files (parquet, JSON lines, JSON), batch by batch, never failing on a row.
+"""Raw rows of chat data files (parquet, JSON lines, gzipped JSON lines, JSON, CSV), batch by batch,
+never failing on a row. The readable suffixes are declared once, here (`READERS`, `SUFFIXES`).
 
 Shared by `dlm-sft prepare` and `dlm-sft train`. A line or record that cannot be parsed (invalid
 JSON or UTF-8, a truncated last line, nesting too deep, too large) becomes a `BadRow` that the
 row check (`sft.data.rows`) turns into a counted reason; only a file that cannot be read at all
 (missing, not parquet, UTF-16, no conversation columns) is a one-line `UserError` naming it.
-A UTF-8 byte-order mark is skipped. Memory stays bounded: parquet is read in record batches and
-JSON lines line by line.
+A UTF-8 byte-order mark is skipped. Memory stays bounded: parquet and CSV are read in record
+batches (every CSV cell as a string; a `messages`/`conversations` cell holds JSON) and JSON lines
+line by line.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import gzip
 import json
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from sft.data.rows import MAX_ROW_CHARS, BadRow
 from sft.errors import UserError
 
-SUFFIXES = (".parquet", ".jsonl", ".json")
 CONVERSATION_KEYS = ("messages", "conversations", "prompt", "completion")
 ROW_KEYS = ("id", "source", *CONVERSATION_KEYS)
 """The keys a reader keeps; everything else in a row is ignored."""
@@ -32,7 +37,9 @@ MAX_LINE_BYTES = 8 * MAX_ROW_CHARS
 REJECT_TEXT_CHARS = 10_000
 """How much of an unparsable line a `BadRow` keeps, for rejects.parquet."""
 WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-EXPECTED = "parquet with 'messages'/'conversations'/'prompt'+'completion', or UTF-8 JSON lines"
+EXPECTED = "parquet or CSV with 'messages'/'conversations'/'prompt'+'completion', or UTF-8 JSON lines"
+JSON_CELLS = ("messages", "conversations")
+"""CSV columns whose cells are JSON text (a list of turns)."""
 
 
 @dataclass(slots=True)
@@ -111,20 +118,20 @@ def parse_line(line: bytes, last: bool = False) -> Any:
         return BadRow("truncated_last_line" if cut else "invalid_json", text[:REJECT_TEXT_CHARS])
 
 
-def jsonl_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
-    """A JSON-lines file, line by line; blank lines are not rows."""
+def jsonl_batches(file: Path, batch_rows: int, opener: Callable[..., Any] = open) -> Iterator[RawBatch]:
+    """A JSON-lines file (read through `opener`), line by line; blank lines are not rows."""
     try:
-        handle = open(file, "rb")  # noqa: SIM115
+        handle = opener(file, "rb")
     except OSError as exc:
         raise UserError(f"cannot open: {exc.strerror}", file=str(file)) from exc
     rows: list[Any] = []
     start = 0
     with handle:
-        line = handle.readline()
+        line = _read_line(handle, file, start)
         _check_encoding(line, file)
         line = line.removeprefix(codecs.BOM_UTF8)
         while line:
-            following = handle.readline()
+            following = _read_line(handle, file, start + len(rows))
             if line.strip():
                 rows.append(parse_line(line, last=not following))
             if len(rows) >= batch_rows:
@@ -134,6 +141,68 @@ def jsonl_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
             line = following
     if rows:
         yield RawBatch(str(file), start, rows)
+
+
+def _read_line(handle: Any, file: Path, row: int) -> bytes:
+    """The next line; a compressed stream that is corrupt or cut off is a `UserError`."""
+    try:
+        return handle.readline()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot decompress after row {row}: {exc}", file=str(file)) from exc
+
+
+def gzip_jsonl_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
+    """A gzip-compressed JSON-lines file, read as `jsonl_batches` reads an uncompressed one."""
+    yield from jsonl_batches(file, batch_rows, gzip.open)
+
+
+def csv_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
+    """A CSV file with a header row, in record batches; every cell a string, `messages` and
+    `conversations` cells parsed as JSON (a cell that is not JSON is that row's `BadRow`)."""
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
+            names = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read the CSV header: {exc}", file=str(file)) from exc
+    if not _has_conversation_columns(set(names)):
+        raise UserError(
+            f"has no conversation columns (has {', '.join(sorted(names))})", file=str(file), expected=EXPECTED
+        )
+    columns = [c for c in ROW_KEYS if c in names]
+    convert = pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns}, include_columns=columns, check_utf8=False
+    )
+    start = 0
+    try:
+        reader = pcsv.open_csv(
+            file,
+            read_options=pcsv.ReadOptions(block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True),  # chat turns have line breaks
+            convert_options=convert,
+        )
+        for batch in reader:
+            rows = [_json_cells(row) for row in _batch_rows(batch)]
+            yield RawBatch(str(file), start, rows)
+            start += len(rows)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the same user-facing error
+        raise UserError(f"cannot read CSV file at row {start}: {exc}", file=str(file)) from exc
+
+
+def _json_cells(row: Any) -> Any:
+    """A CSV row with its empty cells None (CSV has no null) and its `messages`/`conversations`
+    cells decoded from JSON."""
+    if not isinstance(row, dict):
+        return row
+    row = {key: None if value == "" else value for key, value in row.items()}
+    for name in JSON_CELLS:
+        if isinstance(row.get(name), str):
+            try:
+                row[name] = json.loads(row[name])
+            except RecursionError:
+                return BadRow("too_deeply_nested", row[name][:REJECT_TEXT_CHARS])
+            except ValueError:
+                return BadRow("invalid_json", row[name][:REJECT_TEXT_CHARS])
+    return row
 
 
 def json_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
@@ -162,13 +231,28 @@ def json_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
         yield RawBatch(str(file), start, rows[start : start + batch_rows])
 
 
+READERS: dict[str, Callable[[Path, int], Iterator[RawBatch]]] = {
+    ".parquet": parquet_batches,
+    ".jsonl": jsonl_batches,
+    ".jsonl.gz": gzip_jsonl_batches,
+    ".json": json_batches,
+    ".csv": csv_batches,
+}
+"""Each readable data-file suffix and its reader: the one declaration of the formats dlm-sft reads."""
+SUFFIXES = tuple(READERS)
+LISTED = ", ".join(SUFFIXES)
+"""The suffixes as error messages and help name them."""
+
+
+def data_suffix(path: str | Path) -> str | None:
+    """The declared suffix a file name ends with (any case; the longest one), or None."""
+    name = str(path).lower()
+    return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+
+
 def file_batches(file: Path, batch_rows: int) -> Iterator[RawBatch]:
     """The raw rows of one data file, by its suffix."""
-    if file.suffix == ".parquet":
-        yield from parquet_batches(file, batch_rows)
-    elif file.suffix == ".jsonl":
-        yield from jsonl_batches(file, batch_rows)
-    elif file.suffix == ".json":
-        yield from json_batches(file, batch_rows)
-    else:
-        raise UserError("unsupported file type", file=str(file), expected=".parquet, .jsonl or .json")
+    suffix = data_suffix(file)
+    if suffix is None:
+        raise UserError("unsupported file type", file=str(file), expected=LISTED)
+    yield from READERS[suffix](file, batch_rows)

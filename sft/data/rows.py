@@ -2,21 +2,28 @@
 
 A raw row is whatever a file held: normally a mapping in one of the chat schemas (`messages` of
 {role, content} as in Tulu 3 and SmolTalk, ShareGPT `conversations` of {from, value}, or
-`prompt`/`completion` strings). `conversation` returns its messages as `[{"role", "content"}]`, or
-raises `RowProblem` whose `reason` (a short snake_case word that reports count) says why the row
-cannot be used. What passes holds only strings of valid Unicode, has a bounded size and, with the
-shape check, an optional system turn and then user/assistant turns alternating, none of them empty,
-ending with an assistant reply; so no row can fail later in a parquet writer, an Arrow cast or a
-chat template because of its values.
+`prompt`/`completion` strings). A content may also be a list of OpenAI-style parts
+(`[{"type": "text", "text": ...}]`): their texts are joined as chat templates join them (nothing
+between); any other part (an image, audio) drops the row as `non_text_content`. `conversation`
+returns its messages as `[{"role", "content"}]`, or raises `RowProblem` whose `reason` (a short
+snake_case word that reports count) says why the row cannot be used. What passes holds only strings
+of valid Unicode, has a bounded size and, with the shape check, an optional system turn and then
+user and assistant turns alternating, none of them empty, ending with an assistant reply; an
+assistant turn may be followed by `tool` turns (the results of the calls it wrote), then an
+assistant turn again. So no row can fail later in a parquet writer, an Arrow cast or a chat template
+because of its values. (Whether the chat template renders `tool` turns is checked at tokenization.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+FOLLOWERS = {"user": ("assistant",), "assistant": ("user", "tool"), "tool": ("tool", "assistant")}
+"""The roles that may follow each role after the optional system turn."""
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -27,6 +34,7 @@ SHAREGPT_ROLES = {
     "bard": "assistant",
     "bing": "assistant",
     "model": "assistant",
+    "tool": "tool",
 }
 MAX_ROW_CHARS = 2**21
 """Characters of content above which a row is dropped as `row_too_large` (about 500k tokens)."""
@@ -74,12 +82,13 @@ def _messages(items: Any, role_map: dict[str, str] | None) -> list[dict[str, str
         role, content = item.get(role_key), item.get(content_key)
         if role is None:
             raise RowProblem("missing_role")
+        if item.get("tool_calls"):
+            raise RowProblem("structured_tool_calls")
         if content is None:
             raise RowProblem("missing_content")
         if not isinstance(role, str):
             raise RowProblem("role_not_a_string")
-        if not isinstance(content, str):
-            raise RowProblem("content_not_a_string")
+        content = _text(content)
         if not (is_valid_text(role) and is_valid_text(content)):
             raise RowProblem("invalid_unicode")
         if role_map is not None:
@@ -88,9 +97,28 @@ def _messages(items: Any, role_map: dict[str, str] | None) -> list[dict[str, str
     return out
 
 
+def _text(content: Any) -> str:
+    """A message content as one string: itself, or the texts of its content parts joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise RowProblem("content_not_a_string")
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise RowProblem("content_not_a_string")
+        if part["type"] != "text":
+            raise RowProblem("non_text_content")
+        if not isinstance(part.get("text"), str):
+            raise RowProblem("content_not_a_string")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
 def check_shape(messages: list[dict[str, str]]) -> None:
-    """An optional system turn first, then user/assistant strictly alternating, starting with
-    user and ending with assistant, no empty or whitespace-only content."""
+    """An optional system turn first, then user and assistant alternating (tool turns may follow an
+    assistant turn, before the next assistant turn), starting with user and ending with assistant,
+    no empty or whitespace-only content."""
     for message in messages:
         if message["role"] not in ROLES:
             raise RowProblem("unknown_role")
@@ -102,9 +130,8 @@ def check_shape(messages: list[dict[str, str]]) -> None:
     if roles[-1] != "assistant":
         raise RowProblem("not_ending_with_assistant")
     body = roles[1:] if roles[0] == "system" else roles
-    for index, role in enumerate(body):
-        if role != ("user" if index % 2 == 0 else "assistant"):
-            raise RowProblem("roles_out_of_order")
+    if body[0] != "user" or any(role not in FOLLOWERS.get(previous, ()) for previous, role in pairwise(body)):
+        raise RowProblem("roles_out_of_order")
 
 
 def conversation(raw: Any, fmt: str = "auto", *, shape: bool = True) -> list[dict[str, str]]:

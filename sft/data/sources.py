@@ -15,31 +15,28 @@ import datasets
 import pyarrow as pa
 
 from sft import hub
-from sft.data.files import CONVERSATION_KEYS, file_batches
+from sft.data.files import CONVERSATION_KEYS, LISTED, data_suffix, file_batches
 from sft.data.rows import RowProblem, conversation, is_valid_text
 from sft.errors import UserError
 from sft.hub import DatasetRef
 
 
-def data_files(path: str) -> tuple[str, list[str]]:
-    """Resolve a data path to (datasets builder name, files)."""
+def data_files(path: str) -> list[str]:
+    """The data files a local path names: the file itself, or a directory's parquet files when it
+    has any (the JSON files beside a hub snapshot's parquet shards are metadata), else all its data
+    files."""
     p = Path(path)
     if p.is_file():
-        suffix = p.suffix.lower()
-        if suffix in (".jsonl", ".json"):
-            return "json", [str(p)]
-        if suffix == ".parquet":
-            return "parquet", [str(p)]
-        raise UserError("unsupported data file type", file=path, expected=".jsonl, .json or .parquet")
+        if data_suffix(p) is None:
+            raise UserError("unsupported data file type", file=path, expected=LISTED)
+        return [str(p)]
     if p.is_dir():
-        for builder, patterns in (("parquet", ("*.parquet",)), ("json", ("*.jsonl", "*.json"))):
-            files = sorted(str(f) for pattern in patterns for f in p.rglob(pattern))
-            if files:
-                return builder, files
+        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and data_suffix(f) is not None)
+        parquet = [f for f in found if data_suffix(f) == ".parquet"]
+        if found:
+            return parquet or found
         raise UserError(
-            "no .parquet/.jsonl/.json files in directory",
-            file=path,
-            expected="a directory of chat data shards",
+            f"no data files ({LISTED}) in directory", file=path, expected="a directory of chat data shards"
         )
     raise UserError(
         "data path not found", file=path, expected="an existing file or directory, or a hub dataset id"
@@ -73,7 +70,7 @@ def load_chat_rows(
             extra = [c for c in extra_columns if c in dataset.column_names]
             parts.append(dataset.select_columns(columns + extra))
             continue
-        _, files = data_files(str(item))
+        files = data_files(str(item))
         empty = [f for f in files if Path(f).stat().st_size == 0]
         if empty:
             raise UserError("empty data file", file=empty[0], expected="chat rows")
@@ -111,7 +108,7 @@ def _dataset(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str] | None:
     return None
 
 
-READER_VERSION = 1
+READER_VERSION = 2
 """Bumped when reading or checking rows changes, so rows read by older code are not reused."""
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -6,8 +6,10 @@ applies (`sft.data.rows`) before it reaches the tokenizer. The tokenizer's chat 
 each example; the response is everything the template adds for the target assistant turn (for
 ChatML: the content, `<|im_end|>` and the newline), followed by one EOS. The prompt/response
 boundary comes from the rendered text: tokens that start before the end of the rendered prompt
-belong to the prompt, so a prompt token is never supervised. Every row that yields no example is
-counted by reason; nothing is dropped silently.
+belong to the prompt, so a prompt token is never supervised. A conversation with `tool` turns is
+kept when the chat template renders them (a probe conversation's tool result appears in its text),
+else dropped as `tool_turns_not_in_template`. Every row that yields no example is counted by reason;
+nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sft.errors import UserError
 
 KEPT = ("ok", "truncated")
 """Statuses of examples that are trained on; every other status is a reason for dropping."""
+TOOL_PROBE = "dlm-sft tool result 7431"
 
 
 @dataclass
@@ -83,18 +86,25 @@ def tokenize_conversations(
     slots: list[dict[str, Any]] = []  # the examples still to encode, in order
     prompts: list[str] = []
     texts: list[str] = []
+    tools: bool | None = None  # whether the template renders tool turns, probed on the first one
     for index, messages in enumerate(conversations):
         if isinstance(messages, str):
             examples[index].append(_status(messages))
             continue
         try:
             turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+            with_tools = any(m["role"] == "tool" for m in messages)
         except (KeyError, TypeError):
             examples[index].append(_status("malformed"))
             continue
         if not turns:
             examples[index].append(_status("no_assistant_turn"))
             continue
+        if with_tools:
+            tools = renders_tool_turns(tokenizer) if tools is None else tools
+            if not tools:
+                examples[index].append(_status("tool_turns_not_in_template"))
+                continue
         for k in turns if multi_turn == "all" else turns[-1:]:
             try:
                 history, conversation = messages[:k], messages[: k + 1]
@@ -120,6 +130,21 @@ def tokenize_conversations(
             ids.append(eos_token_id)
         slot.update(_fit(ids, prompt_length, max_length, truncation))
     return examples
+
+
+def renders_tool_turns(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when the chat template writes a tool turn's content into the text (a template that
+    raises on the `tool` role or leaves it out does not)."""
+    probe = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "call"},
+        {"role": "tool", "content": TOOL_PROBE},
+        {"role": "assistant", "content": "a"},
+    ]
+    try:
+        return TOOL_PROBE in tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001 - any template failure means it cannot render them
+        return False
 
 
 def _fit(ids: list[int], prompt_length: int, max_length: int, truncation: str) -> dict[str, Any]:

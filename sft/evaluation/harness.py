@@ -13,11 +13,13 @@ results files is `sft/evaluation/results.py`'s (core: `dlm-sft report` reads the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lm_eval
+import lm_eval.evaluator
 from lm_eval.tasks import TaskManager
 
 from sft.errors import UserError
@@ -34,6 +36,19 @@ MERGED_SECTIONS = (
     "higher_is_better",
     "n-samples",
 )
+
+
+@contextmanager
+def _without_git_probe() -> Iterator[None]:
+    """lm-eval runs `git describe` in the working directory for a `git_hash` field that the merged
+    results do not keep; outside a git repository git prints `fatal: not a git repository` on our
+    stderr. The probe is left out for the duration."""
+    probe = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = probe
 
 
 @dataclass
@@ -110,20 +125,21 @@ def run_harness(
     merged: dict[str, Any] = {}
     for run in runs:
         model.configure(**run.settings)
-        results = lm_eval.simple_evaluate(
-            model=model,
-            tasks=run.tasks,
-            num_fewshot=run.num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            apply_chat_template=run.apply_chat_template,
-            log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            confirm_run_unsafe_code=confirm_run_unsafe_code,
-        )
+        with _without_git_probe():
+            results = lm_eval.evaluator.simple_evaluate(
+                model=model,
+                tasks=run.tasks,
+                num_fewshot=run.num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                apply_chat_template=run.apply_chat_template,
+                log_samples=False,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                confirm_run_unsafe_code=confirm_run_unsafe_code,
+            )
         for section in MERGED_SECTIONS:
             merged.setdefault(section, {}).update(results.get(section) or {})
         merged.setdefault("config", results["config"])

@@ -24,7 +24,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from sft.families import FAMILIES
-from sft.hub import hub_name
+from sft.hub import hub_name, is_dataset_id
 
 RUN_FILE = "dlm_run.json"
 """The record of a finished run, in its output directory."""
@@ -216,7 +216,7 @@ def describe_data(value: Any) -> tuple[list[str], str | None]:
             found = hub_name(name)
             ids += [found] if found else []
             parts.append(f"{found or _local(name)}" + (f" ({subset})" if subset else ""))
-        elif hub_name(item) and not str(item).lower().endswith((".jsonl", ".json", ".parquet")):
+        elif is_dataset_id(str(item)):
             ids.append(str(item))
             parts.append(str(item))
         else:

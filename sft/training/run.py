@@ -18,6 +18,7 @@ from sft.config import RunConfig
 from sft.data.splits import PreparedData, data_summary, prepare_data
 from sft.families.base import LoadedModel
 from sft.families.loader import ResolvedModel
+from sft.ranks import say
 from sft.training.checkpoints import ReplacedRun, remove_path
 from sft.training.inputs import diffusion_model
 from sft.training.preflight import check_run
@@ -85,7 +86,7 @@ def train(config: RunConfig) -> DiffusionSFTTrainer:
     resume = check_run(config)
     if resume:
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
-        print(f"resuming from {resume} at step {step}", flush=True)
+        say(f"resuming from {resume} at step {step}")
     output = Path(config.training.output_dir)
     existing = set(output.iterdir()) if output.is_dir() else None
     main = config.training.process_index == 0
@@ -94,7 +95,7 @@ def train(config: RunConfig) -> DiffusionSFTTrainer:
     trainer = None
     try:
         data = prepare_data(config)
-        print("\n".join(data_summary(data)), flush=True)
+        say("\n".join(data_summary(data)))
         if replaced:
             replaced.set_aside()
         trainer = build_trainer(config, data)

@@ -192,8 +192,8 @@ CASES: dict[str, Case] = {
         "no conversation columns",
     ),
     "unsupported data file": Case(
-        lambda w: _dry(w, w.recipe(data={"train": str(w.data_file("rows.csv", "a,b\n"))})),
-        lambda w: ["rows.csv"],
+        lambda w: _dry(w, w.recipe(data={"train": str(w.data_file("rows.tsv", "a,b\n"))})),
+        lambda w: ["rows.tsv"],
         "unsupported data file type",
     ),
     # checkpoint directories

@@ -81,8 +81,65 @@ def test_two_cpu_processes_give_the_losses_and_weights_of_one_process(qwen2_dir,
     recipe.write_text(yaml.safe_dump(equivalence_recipe(qwen2_dir, chat_file, tmp_path / "two", 4)))
     result = launch(["train", str(recipe), "--accelerate", "ddp", "--num-processes", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(f"saved to {tmp_path / 'two'}") == 2  # both ranks ran train()
+    assert result.stdout.count(f"saved to {tmp_path / 'two'}") == 1  # rank 0 speaks for the run
+    assert result.stdout.count("train examples: 48") == 1
     assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def accelerate_launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """`accelerate launch ARGS` as a user types it (this venv's accelerate, the worktree's sft)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    command = ["accelerate", "launch", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="the CPU path")
+def test_plain_accelerate_launch_of_dlm_sft_with_a_cpu_ddp_config_trains_as_one_run(
+    qwen2_dir, chat_file, tmp_path
+):
+    """As TRL users launch TRL scripts: the shipped DDP config, 2 processes, the `dlm-sft` script, a
+    recipe with training.use_cpu=true. One run: each step takes a global batch of 2 × 4 of the 48
+    rows (an epoch is 6 steps, not 12), and rank 0 alone reports it."""
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "run", per_device_train_batch_size=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    script = Path(sys.executable).parent / "dlm-sft"
+    args = ["--config_file", str(CONFIG_DIR / "ddp.yaml"), "--num_processes", "2", str(script)]
+    result = accelerate_launch([*args, "train", str(recipe)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("train examples: 48") == 1
+    assert result.stdout.count(f"saved to {tmp_path / 'run'}") == 1
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1]["epoch"] == pytest.approx(2 / 6)
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="checks a machine without GPUs")
+@pytest.mark.parametrize(
+    ("launcher", "said"),
+    [
+        (["--multi_gpu"], "2 processes were started (WORLD_SIZE=2), but without GPUs"),
+        ([], "accelerate launch started one process although more were asked for"),
+    ],
+    ids=["multi_gpu_without_use_cpu", "num_processes_without_multi_gpu"],
+)
+def test_accelerate_launch_that_would_not_train_as_one_run_stops_with_one_line(
+    qwen2_dir, chat_file, tmp_path, launcher, said
+):
+    """`--multi_gpu` on CPUs without training.use_cpu would run two independent trainings into one
+    output_dir; `--num_processes 2` alone starts one process. Both stop at once, one line from rank 0,
+    naming `dlm-sft train R --accelerate ddp --num-processes N`."""
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "run")
+    raw["training"].pop("use_cpu")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    args = [*launcher, "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = accelerate_launch([*args, "-m", "sft.cli", "train", str(recipe)])
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and said in errors[0], result.stderr[-3000:]
+    assert f"dlm-sft train {recipe} --accelerate ddp --num-processes" in errors[0]
+    assert "train examples" not in result.stdout and not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(gpu_count() < 2, reason="FSDP needs 2 GPUs: on CPU accelerate runs FSDP as DDP")

@@ -107,7 +107,9 @@ MALFORMED = {
         "messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "yo"}]
     },
     "content_number": {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "yo"}]},
-    "unknown_role": {"messages": [{"role": "tool", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+    "unknown_role": {
+        "messages": [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    },
     "empty_content": {"messages": chat("", "yo")},
     "whitespace_content": {"messages": chat("hi", " \n\t ")},
     "no_user_turn": {

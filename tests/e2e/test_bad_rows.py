@@ -4,6 +4,7 @@ commands as users run them; every row is kept or dropped with its reason, and th
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -162,12 +163,19 @@ JSONL_KINDS: dict[str, tuple[Callable[[Row, random.Random], bytes], str | None, 
         "content_not_a_string",
         "content_not_a_string",
     ),
-    "content_parts": (
+    "content_image_part": (
         lambda g, r: _line(
-            _with(g, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, _turns(g)[1])
+            _with(g, {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, _turns(g)[1])
         ),
-        "content_not_a_string",
-        "content_not_a_string",
+        "non_text_content",
+        "non_text_content",
+    ),
+    "structured_tool_calls": (
+        lambda g, r: _line(
+            _with(g, _turns(g)[0], {"role": "assistant", "content": None, "tool_calls": [{}]})
+        ),
+        "structured_tool_calls",
+        "structured_tool_calls",
     ),
     "content_bool": (
         lambda g, r: _line(_with(g, _turns(g)[0], {"role": "assistant", "content": True})),
@@ -180,7 +188,7 @@ JSONL_KINDS: dict[str, tuple[Callable[[Row, random.Random], bytes], str | None, 
         "content_not_a_string",
     ),
     "unknown_role": (
-        lambda g, r: _line(_with(g, {"role": "tool", "content": "hi"}, _turns(g)[1])),
+        lambda g, r: _line(_with(g, {"role": "narrator", "content": "hi"}, _turns(g)[1])),
         "unknown_role",
         "unknown_role",
     ),
@@ -274,7 +282,10 @@ def _parquet_rows(goods: list[Row]) -> tuple[list[Row], list[bytes | None], Coun
             lambda g: _with(g, _turns(g)[0], {"role": "assistant", "content": "  "}),
             "empty_content",
         ),
-        "unknown_role": (lambda g: _with(g, {"role": "tool", "content": "x"}, _turns(g)[1]), "unknown_role"),
+        "unknown_role": (
+            lambda g: _with(g, {"role": "narrator", "content": "x"}, _turns(g)[1]),
+            "unknown_role",
+        ),
         "starts_with_assistant": (lambda g: _with(g, _turns(g)[1], *_turns(g)), "roles_out_of_order"),
         "ends_with_user": (lambda g: _with(g, *_turns(g), _turns(g)[0]), "not_ending_with_assistant"),
         "giant_row": (
@@ -460,6 +471,9 @@ UNREADABLE: dict[str, Callable[[Path], Path]] = {
     "utf16": lambda d: _write(d / "utf16.jsonl", '{"messages": []}\n'.encode("utf-16")),
     "not_parquet": lambda d: _write(d / "broken.parquet", b"PAR1 this is not parquet"),
     "parquet_without_conversations": lambda d: _parquet(d / "text.parquet", [{"text": "a"}]),
+    "cut_off_gzip": lambda d: _write(d / "cut.jsonl.gz", gzip.compress(b'{"messages": []}\n' * 999)[:-40]),
+    "csv_without_conversations": lambda d: _write(d / "notes.csv", b"text,label\na,1\n"),
+    "utf16_csv": lambda d: _write(d / "utf16.csv", "prompt,completion\na,b\n".encode("utf-16")),
 }
 
 

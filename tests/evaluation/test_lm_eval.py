@@ -4,6 +4,7 @@ report` with the results, and lm-eval's own CLI finding `--model dlm` through th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -24,7 +25,7 @@ from sft.sampling.chat import stop_token_ids
 from sft.sampling.loading import load_for_sampling
 from sft.sampling.sampler import cut_at_stop, diffusion_generate, left_pad
 from sft.training.run import train
-from tests.conftest import QUICKSTART_MODEL, tiny_qwen2_config, write_chat_rows
+from tests.conftest import QUICKSTART_MODEL, recipe_dict, tiny_qwen2_config, write_chat_rows
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = [str(d) for d in range(10)]
@@ -295,3 +296,30 @@ def test_lm_eval_cli_finds_the_dlm_model_through_the_installed_pth(trained, next
     )
     without = lm_eval_cli(with_hook=False)
     assert without.returncode != 0 and "dlm" in without.stderr
+
+
+def test_train_and_eval_outside_a_git_repository_print_no_deepspeed_or_git_notices(
+    trained, next_digit_task, qwen2_dir, chat_file, tmp_path
+):
+    """One process, as a user runs the two commands, in a directory that is no git repository:
+    DeepSpeed (installed, imported by accelerate when the model is saved) says nothing about its
+    CPU accelerator, and lm-eval's `git describe` prints no `fatal: not a git repository`."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(qwen2_dir, chat_file, tmp_path / "run", max_steps=1)))
+    evaluate = ["eval", str(trained), "--tasks", "dlm_next_digit_mc", "--include-path", str(next_digit_task)]
+    evaluate += ["--limit", "2", "--mc-samples", "2", "--output", str(tmp_path / "results.json")]
+    code = (
+        "import sys; from sft.cli import main; "
+        f"assert main(['train', {str(recipe)!r}]) == 0; assert main({evaluate!r}) == 0; "
+        "print('deepspeed imported:', 'deepspeed' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "results.json").is_file()
+    if importlib.util.find_spec("deepspeed") is not None:
+        assert "deepspeed imported: True" in run.stdout  # the notice had its chance
+    output = run.stdout + run.stderr
+    assert "Setting accelerator to CPU" not in output and "not a git repository" not in output
