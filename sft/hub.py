@@ -27,7 +27,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from sft.data.files import data_suffix
 from sft.errors import UserError
 from sft.validation import first_line, is_hub_id
 
@@ -126,12 +125,6 @@ class DatasetRef:
     config: str | None = None
     split: str = "train"
     revision: str | None = None
-
-
-def is_dataset_id(text: str) -> bool:
-    """A string naming a hub dataset rather than a local file: `org/name`, no data-file suffix, and
-    nothing at that path."""
-    return hub_name(text) is not None and data_suffix(text) is None
 
 
 def load_dataset(ref: DatasetRef) -> datasets.Dataset:

@@ -17,7 +17,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from sft import hub
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
@@ -30,6 +29,7 @@ from sft.config import (
     RunConfig,
 )
 from sft.data.files import LISTED
+from sft.data.sources import is_dataset_id
 from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.families.attention import PACKED_VARLEN
@@ -271,7 +271,7 @@ def _check_data_source(item: str | dict[str, Any], where: str, file: str) -> Non
             raise UserError(
                 f"not found: {ref.name}", file=file, key=f"{where}.name", expected="a hub dataset id or path"
             )
-    elif not Path(item).exists() and not hub.is_dataset_id(item):
+    elif not Path(item).exists() and not is_dataset_id(item):
         raise UserError(
             f"file not found: {item}",
             file=file,

@@ -78,12 +78,18 @@ def load_chat_rows(
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def is_dataset_id(text: str) -> bool:
+    """A string naming a hub dataset rather than a local file: `org/name`, no data-file suffix, and
+    nothing at that path."""
+    return hub.hub_name(text) is not None and data_suffix(text) is None
+
+
 def dataset_ref(item: str | dict[str, Any]) -> DatasetRef | None:
     """The hub dataset (or split of a local `DatasetDict`) an entry of `data.train`/`data.eval`
     names; None for a local file or directory given as a string."""
     if isinstance(item, dict):
         return DatasetRef(**item)
-    return DatasetRef(item) if hub.is_dataset_id(item) else None
+    return DatasetRef(item) if is_dataset_id(item) else None
 
 
 def _dataset(item: str | dict[str, Any]) -> tuple[datasets.Dataset, str] | None:

@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from sft.data.sources import is_dataset_id
 from sft.families import FAMILIES
-from sft.hub import hub_name, is_dataset_id
+from sft.hub import hub_name
 
 RUN_FILE = "dlm_run.json"
 """The record of a finished run, in its output directory."""

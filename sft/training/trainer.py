@@ -38,6 +38,7 @@ from sft.families.attention import attention_inputs
 from sft.families.loader import ResolvedModel
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
+from sft.notices import quiet_deepspeed_cpu_notice
 from sft.training.checkpoints import check_writable
 from sft.training.inputs import (
     api_recipe,
@@ -81,6 +82,7 @@ class DiffusionSFTTrainer(SFTTrainer):
         recipe: RunConfig | None = None,
         **kwargs: Any,
     ) -> None:
+        quiet_deepspeed_cpu_notice()  # accelerate imports DeepSpeed, when installed, to save
         name = model_name(model)
         args = args or DiffusionSFTConfig(output_dir=f"{Path(name).name}-diffusion-sft")
         check_writable(args.output_dir)

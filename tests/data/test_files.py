@@ -10,10 +10,9 @@ import re
 import pytest
 
 from data_prep.pipeline import prepare
-from sft import hub
 from sft.cli import main
 from sft.data.files import SUFFIXES
-from sft.data.sources import load_chat_rows
+from sft.data.sources import is_dataset_id, load_chat_rows
 from sft.errors import UserError
 from tests.conftest import REPO, write_chat_rows
 from tests.data_prep_fixtures import read_kept, write_recipe
@@ -85,8 +84,8 @@ def test_a_bad_csv_cell_is_a_counted_row_and_a_corrupt_gzip_one_line(tmp_path):
 def test_a_local_file_with_a_data_suffix_is_never_a_hub_dataset_id(qwen2_dir, tmp_path, capsys):
     assert {".csv", ".jsonl.gz"} <= set(SUFFIXES)
     for suffix in SUFFIXES:
-        assert not hub.is_dataset_id(f"my-org/train{suffix}")
-    assert hub.is_dataset_id("HuggingFaceTB/smoltalk")
+        assert not is_dataset_id(f"my-org/train{suffix}")
+    assert is_dataset_id("HuggingFaceTB/smoltalk")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{name_or_path: {qwen2_dir}}}\ndata: {{train: {tmp_path}/missing.csv}}\n")
     assert main(["train", str(recipe), "--dry-run"]) == 2
