@@ -59,6 +59,14 @@ class DiffusionSFTConfig(SFTConfig):
         data-parallel ranks — so loss and gradients do not depend on how the global batch is
         split. `sequence`: LLaDA's per-sequence mean (÷ the sequence's supervised tokens), then the
         mean over the sequences of the global batch.
+    complementary (`bool`, defaults to False):
+        Complementary masks (LLaDA 2.x post-training, DiffuCoder's coupled sampling): each training
+        example appears twice in its micro-batch, once with its mask (time t) and once with the
+        complement of that mask (time 1 - t, weighted as such), so every response token is
+        supervised exactly once per pair and both halves enter the same optimizer step. t is drawn
+        in [t_min, 1 - t_min]; each half counts in the global denominator, so the expected loss
+        is the same as without pairs (with less variance). Doubles the rows of every training
+        micro-batch (memory and compute); evaluation loss is unchanged.
     eval_t_grid (`int`, defaults to 8):
         Evaluation draws t from a fixed grid of this many points (example k gets cell k mod n)
         and its masks from `eval_seed`, so eval loss is deterministic.
@@ -94,6 +102,7 @@ class DiffusionSFTConfig(SFTConfig):
     eos_tail: Literal["all", "first_n", "one", "none"] = "all"
     eos_tail_n: int = 16
     loss_normalization: Literal["supervised", "sequence"] = "supervised"
+    complementary: bool = False
     eval_t_grid: int = 8
     eval_seed: int = 0
     mask_token_id: int | None = None
@@ -119,6 +128,8 @@ class DiffusionSFTConfig(SFTConfig):
         _check_choice("loss_normalization", self.loss_normalization, ("supervised", "sequence"))
         if not 0.0 <= self.t_min < 1.0:
             raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
+        if self.complementary and self.t_min >= 0.5:
+            raise ValueError(f"complementary masks need t_min < 0.5 (t and 1 - t >= t_min), got {self.t_min}")
         if not 0.0 < self.cart_p <= 1.0:
             raise ValueError(f"cart_p must be in (0, 1], got {self.cart_p}")
         if self.eos_tail_n < 0 or self.eval_t_grid < 1:
@@ -150,6 +161,7 @@ DIFFUSION_FIELDS = (
     "eos_tail",
     "eos_tail_n",
     "loss_normalization",
+    "complementary",
     "eval_t_grid",
     "eval_seed",
 )

@@ -14,6 +14,12 @@ global batch:
     w_j    = 1/t (inv_t) | 1 - t (linear) | 1 (uniform) | CART(clean, p)_j (cart)
              × EOS-tail factor (policy `one`: 1 / #masked tail tokens of the document)
 
+Complementary masks (`complementary_pairs`): every document appears twice in its micro-batch, once
+with the mask above and once with its complement (maskable ∧ ¬masked, time 1 - t, so its weights
+are those of a draw at 1 - t and each half is an unbiased estimate of the same loss); then
+t = t_min + (1 - 2·t_min)·u so both halves keep t ≥ t_min. Every maskable token is supervised
+exactly once per pair, and the pair counts twice in the denominator.
+
 A batch is rows of tokens; each token belongs to a document (`doc_ids`, -1 for padding) at a
 position within it (`positions`). A padded batch has one document per row, a packed batch several:
 every function here works per document, so packing never changes an example's loss.
@@ -66,6 +72,11 @@ def example_keys(seed: int, step: int, example_ids: torch.Tensor) -> torch.Tenso
 def sample_t(keys: torch.Tensor, t_min: float) -> torch.Tensor:
     """Per-example time t = t_min + (1 - t_min)·u, u ~ U[0, 1). t_min = 0 reproduces Dream."""
     return t_min + (1.0 - t_min) * _to_unit(_combine(keys, _T_STREAM))
+
+
+def sample_pair_t(keys: torch.Tensor, t_min: float) -> torch.Tensor:
+    """t of a complementary pair: t_min + (1 - 2·t_min)·u, so that t and 1 - t are both >= t_min."""
+    return t_min + (1.0 - 2.0 * t_min) * _to_unit(_combine(keys, _T_STREAM))
 
 
 def grid_t(example_ids: torch.Tensor, grid_size: int, t_min: float) -> torch.Tensor:
@@ -202,6 +213,28 @@ def doc_denominator(supervised: torch.Tensor, normalization: Normalization) -> t
     return (supervised > 0).to(torch.float32)
 
 
+# --------------------------------------------------------------------------- complementary masks
+ROW_KEYS = ("input_ids", "attention_mask", "doc_ids", "positions", "maskable", "tail")
+DOC_KEYS = ("example_ids", "supervised")
+
+
+def complementary_pairs(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each document twice: the rows repeated below themselves, the copies' documents numbered
+    D..2D-1. Returns (the doubled batch, `complement` (2D,) bool: True for the second copies)."""
+    n_docs = batch["example_ids"].shape[0]
+    doubled = dict(batch)
+    for key in ROW_KEYS:
+        if key in batch:
+            copy = batch[key]
+            if key == "doc_ids":
+                copy = torch.where(copy >= 0, copy + n_docs, copy)
+            doubled[key] = torch.cat([batch[key], copy])
+    for key in DOC_KEYS:
+        doubled[key] = torch.cat([batch[key], batch[key]])
+    complement = torch.arange(2 * n_docs, device=batch["example_ids"].device) >= n_docs
+    return doubled, complement
+
+
 @dataclass
 class NoisedBatch:
     """A batch after the forward process: what the model sees and what the loss needs."""
@@ -226,15 +259,23 @@ def add_noise(
     weighting: Weighting,
     cart_p: float,
     tail_as_one: bool,
+    complement: torch.Tensor | None = None,
 ) -> NoisedBatch:
     """The forward process and its loss weights in one call (the trainer's single entry point).
 
-    `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token."""
+    `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token. Documents
+    flagged in `complement` (D,) bool take the complement of the mask their (t, key) draws, at time
+    1 - t (see `complementary_pairs`)."""
     owner = doc_ids.clamp(min=0)
     t = doc_t[owner]
-    noisy, masked = mask_tokens(
-        input_ids, maskable, t, token_uniforms(doc_keys[owner], positions), mask_token_id
-    )
+    uniforms = token_uniforms(doc_keys[owner], positions)
+    masked = maskable & (uniforms < t)
+    if complement is not None:
+        flipped = complement[owner]
+        masked = torch.where(flipped, maskable & ~masked, masked)
+        doc_t = torch.where(complement, 1.0 - doc_t, doc_t)
+        t = doc_t[owner]
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     n_docs = doc_t.shape[0]
     clean = (doc_ids >= 0) & ~masked
     weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)

@@ -95,7 +95,8 @@ class DiffusionSFTTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------ global normalisation
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
-        total = sum(
+        copies = 2 if self.args.complementary else 1  # a complementary pair counts twice
+        total = copies * sum(
             objective.doc_denominator(b["supervised"], self.args.loss_normalization).sum()
             for b in batch_samples
         )
@@ -113,8 +114,11 @@ class DiffusionSFTTrainer(SFTTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> Any:
         args, training = self.args, model.training
+        complement = None
+        if training and args.complementary:  # both halves of each pair in this micro-batch
+            inputs, complement = objective.complementary_pairs(inputs)
         ids, doc_ids = inputs["input_ids"], inputs["doc_ids"]
-        noised = self._add_noise(inputs, training)
+        noised = self._add_noise(inputs, training, complement)
         rows, cols = noised.masked.nonzero(as_tuple=True)
         source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
         denominator = None
@@ -137,13 +141,17 @@ class DiffusionSFTTrainer(SFTTrainer):
         self._add_noise_stats("train" if training else "eval", noised, inputs)
         return (loss, {}) if return_outputs else loss
 
-    def _add_noise(self, inputs: dict[str, torch.Tensor], training: bool) -> objective.NoisedBatch:
+    def _add_noise(
+        self, inputs: dict[str, torch.Tensor], training: bool, complement: torch.Tensor | None = None
+    ) -> objective.NoisedBatch:
         """Training draws each document's t and noise from (seed, step, example id); evaluation uses a
-        fixed t grid and seed, so eval loss is deterministic."""
+        fixed t grid and seed, so eval loss is deterministic. `complement` flags the second halves
+        of complementary pairs."""
         args, docs = self.args, inputs["example_ids"]
         if training:
             keys = objective.example_keys(args.seed, self.state.global_step, docs)
-            t = objective.sample_t(keys, args.t_min)
+            draw = objective.sample_pair_t if complement is not None else objective.sample_t
+            t = draw(keys, args.t_min)
         else:
             keys = objective.example_keys(args.eval_seed, 0, docs)
             t = objective.grid_t(docs, args.eval_t_grid, args.t_min)
@@ -159,6 +167,7 @@ class DiffusionSFTTrainer(SFTTrainer):
             weighting=args.weighting,
             cart_p=args.cart_p,
             tail_as_one=args.eos_tail == "one",
+            complement=complement,
         )
 
     def _compute_dtype(self) -> torch.dtype:
