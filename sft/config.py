@@ -67,6 +67,16 @@ class DiffusionSFTConfig(SFTConfig):
         in [t_min, 1 - t_min]; each half counts in the global denominator, so the expected loss
         is the same as without pairs (with less variance). Doubles the rows of every training
         micro-batch (memory and compute); evaluation loss is unchanged.
+    block_size (`int` or `None`, defaults to None):
+        Block-diffusion SFT (BD3-LMs; Fast-dLLM v2, SDAR): the response and its EOS tail are cut
+        into blocks of this many tokens from the first response token; each block draws its own
+        t and is masked with it; the model predicts a masked token from its noisy block
+        (bidirectional) and the *clean* prompt and clean earlier blocks (the conditional of
+        block-by-block sampling with a KV cache; `sampling.block_size` / `--block-size`). One
+        forward per row of twice the length, [x_t ; x_0], with a 4-D block mask (sdpa or eager;
+        flash_attention_2 is refused), so memory and compute per row double. Weightings,
+        normalisation, EOS-tail policies, complementary masks and packing work as without
+        blocks; CART counts as context only what the block sees. None: full-sequence diffusion.
     eval_t_grid (`int`, defaults to 8):
         Evaluation draws t from a fixed grid of this many points (example k gets cell k mod n)
         and its masks from `eval_seed`, so eval loss is deterministic.
@@ -103,6 +113,7 @@ class DiffusionSFTConfig(SFTConfig):
     eos_tail_n: int = 16
     loss_normalization: Literal["supervised", "sequence"] = "supervised"
     complementary: bool = False
+    block_size: int | None = None
     eval_t_grid: int = 8
     eval_seed: int = 0
     mask_token_id: int | None = None
@@ -132,6 +143,10 @@ class DiffusionSFTConfig(SFTConfig):
             raise ValueError(f"complementary masks need t_min < 0.5 (t and 1 - t >= t_min), got {self.t_min}")
         if not 0.0 < self.cart_p <= 1.0:
             raise ValueError(f"cart_p must be in (0, 1], got {self.cart_p}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(
+                f"block_size must be >= 1 or null (full-sequence diffusion), got {self.block_size}"
+            )
         if self.eos_tail_n < 0 or self.eval_t_grid < 1:
             raise ValueError("eos_tail_n must be >= 0 and eval_t_grid >= 1")
 
@@ -162,6 +177,7 @@ DIFFUSION_FIELDS = (
     "eos_tail_n",
     "loss_normalization",
     "complementary",
+    "block_size",
     "eval_t_grid",
     "eval_seed",
 )

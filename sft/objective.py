@@ -20,6 +20,11 @@ are those of a draw at 1 - t and each half is an unbiased estimate of the same l
 t = t_min + (1 - 2·t_min)·u so both halves keep t ≥ t_min. Every maskable token is supervised
 exactly once per pair, and the pair counts twice in the denominator.
 
+Block diffusion (`block_index`, `block_keys`, `block_cart_weights`; the model inputs are built by
+`sft.block_diffusion`): the maskable tokens of a document are cut into blocks of B from the first
+response token, each block draws its own t from hash(document key, block), and CART sees, for a
+token of block b, the prompt, the clean blocks < b and its block's unmasked tokens.
+
 A batch is rows of tokens; each token belongs to a document (`doc_ids`, -1 for padding) at a
 position within it (`positions`). A padded batch has one document per row, a packed batch several:
 every function here works per document, so packing never changes an example's loss.
@@ -195,6 +200,68 @@ def eos_tail_factor(
     return torch.where(tail, 1.0 / per_token, ones)
 
 
+# --------------------------------------------------------------------------- block diffusion
+_BLOCK_STREAM = 0x5BD1E995  # hash key of the block draws, distinct from every small block index
+
+
+def block_index(
+    maskable: torch.Tensor, doc_ids: torch.Tensor, positions: torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """Block of every token (R, L): (position − the document's prompt length) // B on maskable
+    tokens (response and EOS tail), -1 on the prompt and on padding."""
+    n_docs = int(doc_ids.max()) + 1 if (doc_ids >= 0).any() else 0
+    prompt = (doc_ids >= 0) & ~maskable
+    prompt_length = torch.zeros(n_docs, dtype=torch.long, device=doc_ids.device)
+    prompt_length.index_add_(0, doc_ids[prompt], torch.ones_like(doc_ids[prompt]))
+    offset = positions - prompt_length[doc_ids.clamp(min=0)]
+    return torch.where(
+        maskable, torch.div(offset, block_size, rounding_mode="floor"), torch.full_like(offset, -1)
+    )
+
+
+def block_keys(token_keys: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """One random key per (document, block): the document's key hashed with the block index."""
+    return _combine(_combine(token_keys, _BLOCK_STREAM), blocks.to(torch.int64))
+
+
+def block_cart_weights(
+    masked: torch.Tensor,
+    doc_ids: torch.Tensor,
+    positions: torch.Tensor,
+    blocks: torch.Tensor,
+    block_size: int,
+    n_docs: int,
+    p: float,
+) -> torch.Tensor:
+    """CART weights (`cart_weights`) of each token as the model sees its block: the clean
+    context is the prompt, every earlier block (clean) and the unmasked tokens of its own block;
+    later blocks are not seen. One virtual row per (document, block): (Σ blocks, longest doc)."""
+    real = doc_ids >= 0
+    width = int(positions[real].max()) + 1 if real.any() else 1
+    doc_masked = torch.zeros(n_docs, width, dtype=torch.bool, device=masked.device)
+    doc_masked[doc_ids[real], positions[real]] = masked[real]
+    n_blocks = torch.zeros(n_docs, dtype=torch.long, device=masked.device)
+    n_blocks.scatter_reduce_(0, doc_ids[real], blocks[real] + 1, reduce="amax")
+    first = torch.full((n_docs,), width, dtype=torch.long, device=masked.device)  # first response position
+    in_response = real & (blocks >= 0)
+    first.scatter_reduce_(0, doc_ids[in_response], positions[in_response], reduce="amin")
+    length = torch.zeros(n_docs, dtype=torch.long, device=masked.device)
+    length.scatter_reduce_(0, doc_ids[real], positions[real] + 1, reduce="amax")
+    row_start = torch.cumsum(n_blocks, 0) - n_blocks  # first virtual row of each document
+    owner = torch.repeat_interleave(torch.arange(n_docs, device=masked.device), n_blocks)
+    block = torch.arange(owner.shape[0], device=masked.device) - row_start[owner]
+    start = first[owner] + block * block_size
+    end = torch.minimum(start + block_size, length[owner])
+    cols = torch.arange(width, device=masked.device)[None, :]
+    own_block = (cols >= start[:, None]) & (cols < end[:, None])
+    clean = (cols < start[:, None]) | (own_block & ~doc_masked[owner])
+    weights = cart_weights(clean, p)
+    out = torch.zeros(masked.shape, dtype=torch.float32, device=masked.device)
+    at = in_response
+    out[at] = weights[row_start[doc_ids[at]] + blocks[at], positions[at]]
+    return out
+
+
 # --------------------------------------------------------------------------- loss
 def doc_loss_scale(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """Per-document factor on its summed token losses: 1 (÷ global supervised tokens) or
@@ -260,25 +327,33 @@ def add_noise(
     cart_p: float,
     tail_as_one: bool,
     complement: torch.Tensor | None = None,
+    token_t: torch.Tensor | None = None,
+    blocks: torch.Tensor | None = None,
+    block_size: int | None = None,
 ) -> NoisedBatch:
     """The forward process and its loss weights in one call (the trainer's single entry point).
 
     `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token. Documents
     flagged in `complement` (D,) bool take the complement of the mask their (t, key) draws, at time
-    1 - t (see `complementary_pairs`)."""
+    1 - t (see `complementary_pairs`). Block diffusion passes each token's block time `token_t`
+    (R, L; then `doc_t` is only reported) and, for CART, `blocks` and `block_size`."""
     owner = doc_ids.clamp(min=0)
-    t = doc_t[owner]
+    t = doc_t[owner] if token_t is None else token_t
     uniforms = token_uniforms(doc_keys[owner], positions)
     masked = maskable & (uniforms < t)
     if complement is not None:
         flipped = complement[owner]
         masked = torch.where(flipped, maskable & ~masked, masked)
+        t = torch.where(flipped, 1.0 - t, t)
         doc_t = torch.where(complement, 1.0 - doc_t, doc_t)
-        t = doc_t[owner]
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     n_docs = doc_t.shape[0]
     clean = (doc_ids >= 0) & ~masked
-    weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
+    if blocks is not None and weighting == "cart":
+        assert block_size is not None, "block CART needs the block size"
+        weights = block_cart_weights(masked, doc_ids, positions, blocks, block_size, n_docs, cart_p)
+    else:
+        weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
     weights = weights * eos_tail_factor(masked, tail, doc_ids, n_docs, tail_as_one)
     return NoisedBatch(noisy, masked, t, weights, doc_t)
 

@@ -24,6 +24,7 @@ from trl import SFTTrainer
 
 from sft import objective
 from sft.attention import attention_inputs
+from sft.block_diffusion import block_model_inputs, block_prediction_source
 from sft.collate import DiffusionCollator
 from sft.config import DiffusionSFTConfig
 from sft.errors import UserError
@@ -44,6 +45,13 @@ class DiffusionSFTTrainer(SFTTrainer):
             kwargs["data_collator"] = DiffusionCollator.from_args(args, eos_token_id, max_length)
         super().__init__(model=model, args=args, **kwargs)
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if args.block_size and base.config._attn_implementation == "flash_attention_2":
+            raise UserError(
+                "block diffusion needs a 4-D attention mask (noisy block ⊕ clean prefix), which "
+                "flash_attention_2 cannot take",
+                key="model.attn_implementation",
+                expected="sdpa or eager with diffusion.block_size",
+            )
         enable_prediction_positions(base)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the global denominator
         self.nonfinite_steps = 0
@@ -117,10 +125,30 @@ class DiffusionSFTTrainer(SFTTrainer):
         complement = None
         if training and args.complementary:  # both halves of each pair in this micro-batch
             inputs, complement = objective.complementary_pairs(inputs)
-        ids, doc_ids = inputs["input_ids"], inputs["doc_ids"]
-        noised = self._add_noise(inputs, training, complement)
+        ids, doc_ids, positions = inputs["input_ids"], inputs["doc_ids"], inputs["positions"]
+        blocks = None
+        if args.block_size:
+            blocks = objective.block_index(inputs["maskable"], doc_ids, positions, args.block_size)
+        noised = self._add_noise(inputs, training, complement, blocks)
         rows, cols = noised.masked.nonzero(as_tuple=True)
-        source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
+        config = self.accelerator.unwrap_model(model).config
+        if blocks is None:
+            source = objective.prediction_source(cols, positions[rows, cols], args.shift)
+            model_inputs = {
+                "input_ids": noised.noisy_ids,
+                **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            }
+        else:  # the row is [x_t ; x_0] (sft/block_diffusion.py)
+            source = block_prediction_source(rows, cols, positions, blocks, args.shift)
+            model_inputs = block_model_inputs(
+                noised.noisy_ids,
+                ids,
+                doc_ids,
+                positions,
+                blocks,
+                config._attn_implementation,
+                self._compute_dtype(),
+            )
         denominator = None
         if training and num_items_in_batch is not None:
             # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
@@ -128,12 +156,10 @@ class DiffusionSFTTrainer(SFTTrainer):
         loss_weights = objective.masked_token_weights(
             noised, doc_ids, inputs["supervised"], args.loss_normalization, denominator
         )
-        config = self.accelerator.unwrap_model(model).config
         # the forward is patched (sft/prediction_head.py): the LM head runs only at `source` and the
         # model returns Σ loss_weights · CE against `prediction_targets` there (a fused linear + CE)
         loss = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            **model_inputs,
             prediction_positions=(rows, source),
             prediction_targets=ids[rows, cols],
             prediction_weights=loss_weights,
@@ -142,19 +168,35 @@ class DiffusionSFTTrainer(SFTTrainer):
         return (loss, {}) if return_outputs else loss
 
     def _add_noise(
-        self, inputs: dict[str, torch.Tensor], training: bool, complement: torch.Tensor | None = None
+        self,
+        inputs: dict[str, torch.Tensor],
+        training: bool,
+        complement: torch.Tensor | None = None,
+        blocks: torch.Tensor | None = None,
     ) -> objective.NoisedBatch:
         """Training draws each document's t and noise from (seed, step, example id); evaluation uses a
         fixed t grid and seed, so eval loss is deterministic. `complement` flags the second halves
-        of complementary pairs."""
+        of complementary pairs. With `blocks`, every block draws its own t from hash(key, block)
+        (evaluation: grid cell example id + block); the document's t is then their mean."""
         args, docs = self.args, inputs["example_ids"]
+        draw = objective.sample_pair_t if complement is not None else objective.sample_t
         if training:
             keys = objective.example_keys(args.seed, self.state.global_step, docs)
-            draw = objective.sample_pair_t if complement is not None else objective.sample_t
             t = draw(keys, args.t_min)
         else:
             keys = objective.example_keys(args.eval_seed, 0, docs)
             t = objective.grid_t(docs, args.eval_t_grid, args.t_min)
+        token_t = None
+        if blocks is not None:
+            doc_ids, maskable = inputs["doc_ids"], inputs["maskable"]
+            owner = doc_ids.clamp(min=0)
+            if training:
+                token_t = draw(objective.block_keys(keys[owner], blocks), args.t_min)
+            else:
+                token_t = objective.grid_t(docs[owner] + blocks.clamp(min=0), args.eval_t_grid, args.t_min)
+            sums = torch.zeros_like(t).index_add_(0, doc_ids[maskable], token_t[maskable])
+            counts = torch.zeros_like(t).index_add_(0, doc_ids[maskable], torch.ones_like(token_t[maskable]))
+            t = torch.where(counts > 0, sums / counts.clamp(min=1), t)
         return objective.add_noise(
             inputs["input_ids"],
             inputs["maskable"],
@@ -168,6 +210,9 @@ class DiffusionSFTTrainer(SFTTrainer):
             cart_p=args.cart_p,
             tail_as_one=args.eos_tail == "one",
             complement=complement,
+            token_t=token_t,
+            blocks=blocks,
+            block_size=args.block_size,
         )
 
     def _compute_dtype(self) -> torch.dtype:
