@@ -1,7 +1,9 @@
 """The quickstart: train a tiny diffusion LM to sort digits on a CPU and show that it learnt.
 
 Writes the task's train/held-out files, scores the untrained model, trains with the recipe,
-scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fraction>`.
+scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fraction>`. With
+`diffusion.block_size=B` both are scored with the block sampler (KV cache of finished blocks), and
+its forwards per generated token and cache reuse are printed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 from sft.config import RunConfig
 from sft.evaluation.bundled import exact_match
 from sft.run import build_model, build_trainer, prepare_data, save_run
+from sft.sampling.block_sampler import SamplerStats
 from sft.tasks import sort_digits
 
 DEFAULT_RECIPE = "recipes/quickstart/sort_digits.yaml"
@@ -37,10 +40,16 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
         "max_new_tokens": ANSWER_TOKENS,
         "steps": steps,
     }
+    block_size = config.training.block_size
+    if block_size:
+        generation["block_size"] = block_size
     untrained = exact_match(loaded.model, loaded.tokenizer, rows, sort_digits.score, **generation)
     print(f"untrained exact match: {untrained:.3f}", flush=True)
     trainer = build_trainer(config, data, loaded)
     trainer.train()
     save_run(trainer, config)
-    trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, **generation)
+    stats = SamplerStats()
+    trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, stats=stats, **generation)
+    sampler = f"block sampler (block_size={block_size})" if block_size else "full-sequence sampler"
+    print(f"{sampler}: {stats.line()}", flush=True)
     return untrained, trained
