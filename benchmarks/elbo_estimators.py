@@ -1,4 +1,4 @@
-"""Standard errors of the two ELBO estimators (`llada`, `bernoulli`) against the exact ELBO.
+"""Standard errors of the two ELBO estimators (`count`, `bernoulli`) against the exact ELBO.
 
     dlm-sft quickstart training.output_dir=runs/quickstart      # a trained model (about a minute)
     python benchmarks/elbo_estimators.py [--checkpoint runs/quickstart] [--rows 6] [--samples 128]
@@ -70,7 +70,7 @@ def main() -> None:
     contexts = [c for _, c, _ in requests]
     continuations = [x for _, _, x in requests]
     results = {}
-    for estimator in ("llada", "bernoulli"):
+    for estimator in ("count", "bernoulli"):
         settings = LikelihoodSettings(mc_samples=args.samples, seed=args.seed, estimator=estimator)
         samples = elbo_samples(
             model,
@@ -84,18 +84,18 @@ def main() -> None:
         )
         results[estimator] = summarize(samples)
     print(f"{args.samples} samples per estimate, seed {args.seed}, checkpoint {args.checkpoint}\n")
-    print("| continuation | L | exact ELBO | llada mean | llada SE | bernoulli mean | bernoulli SE |")
+    print("| continuation | L | exact ELBO | count mean | count SE | bernoulli mean | bernoulli SE |")
     print("|---|---|---|---|---|---|---|")
-    shares: dict[str, list[float]] = {"llada": [], "bernoulli": []}
+    shares: dict[str, list[float]] = {"count": [], "bernoulli": []}
     for i, (label, context, continuation) in enumerate(requests):
         exact = (
             exact_elbo(model, context, continuation, loaded.mask_token_id, shift)
             if len(continuation) <= 10
             else None
         )
-        scale = abs(exact) if exact else abs(results["llada"][i].mean)
+        scale = abs(exact) if exact else abs(results["count"][i].mean)
         cells = []
-        for estimator in ("llada", "bernoulli"):
+        for estimator in ("count", "bernoulli"):
             estimate = results[estimator][i]
             share = estimate.standard_error / scale
             shares[estimator].append(share)

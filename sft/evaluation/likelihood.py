@@ -8,7 +8,7 @@ with the training objective's evidence lower bound, estimated by Monte Carlo:
 
 (L = the continuation's length; the second form is LLaDA's, their eq. (14).) Two estimators:
 
-- `llada` (default; LLaDA's `get_log_likelihood`): each sample takes a count l in 1..L and masks
+- `count` (default; LLaDA's `get_log_likelihood`): each sample takes a count l in 1..L and masks
   exactly l continuation tokens uniformly at random, weight L/l. The n counts are stratified,
   l_s = 1 + ⌊L · ((s + v)/n mod 1)⌋ with one offset v per seed (LLaDA spreads its batch's l the
   same way), and the masked set is the l tokens with the smallest counter-based uniforms. For a
@@ -41,20 +41,20 @@ from sft import objective
 from sft.prediction_head import head_loss
 from sft.sampling.sampler import left_pad
 
-Estimator = Literal["llada", "bernoulli"]
-ESTIMATORS = ("llada", "bernoulli")
+Estimator = Literal["count", "bernoulli"]
+ESTIMATORS = ("count", "bernoulli")
 
 
 @dataclass
 class LikelihoodSettings:
     """How the ELBO is estimated: `mc_samples` samples per request (Dream and LLaDA use 128) by
-    `estimator` (`llada`: exactly l of L tokens masked, weight L/l; `bernoulli`: times on a grid
+    `estimator` (`count`: exactly l of L tokens masked, weight L/l; `bernoulli`: times on a grid
     over [t_min, 1], weight 1/t), masks from `seed`. `t_min` is only read by `bernoulli`."""
 
     mc_samples: int = 128
     seed: int = 0
     t_min: float = 1e-3
-    estimator: Estimator = "llada"
+    estimator: Estimator = "count"
 
     def check(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -78,7 +78,7 @@ class ElboEstimate:
         return math.sqrt(self.variance / self.samples)
 
 
-def llada_counts(sample_ids: torch.Tensor, n: int, lengths: torch.Tensor, seed: int) -> torch.Tensor:
+def stratified_counts(sample_ids: torch.Tensor, n: int, lengths: torch.Tensor, seed: int) -> torch.Tensor:
     """How many tokens each sample masks: l = 1 + ⌊L · ((s + v)/n mod 1)⌋ in 1..L, stratified over the
     n samples s, with one offset v in [0, 1) per seed. `sample_ids` and `lengths` (L) broadcast."""
     first = torch.zeros(1, dtype=torch.long)
@@ -130,9 +130,9 @@ def elbo_samples(
         maskable = cols >= first_target
         samples = torch.tensor([s for _, s in chunk])
         uniforms = objective.token_uniforms(keys[samples][:, None], cols - first_target)
-        if settings.estimator == "llada":
+        if settings.estimator == "count":
             lengths = torch.tensor([len(continuations[r]) for r, _ in chunk])
-            counts = llada_counts(samples, n, lengths, settings.seed)
+            counts = stratified_counts(samples, n, lengths, settings.seed)
             masked = mask_exactly(maskable, uniforms, counts)
             noisy = torch.where(masked, torch.full_like(ids, mask_token_id), ids)
             weights = (lengths / counts).float()[:, None].expand(ids.shape)

@@ -9,7 +9,7 @@ AR-initialised; a training output, an export or a LoRA adapter).
   generation kwargs of a task (`temperature`, `do_sample`) are not read: the sampler options are the
   model's (as in Dream's and LLaDA's own harness models).
 - `loglikelihood` is the Monte-Carlo ELBO (`sft.evaluation.likelihood`) with `mc_samples` samples,
-  `seed` and `estimator` (`llada`, the default, or `bernoulli`); `is_greedy` is whether greedy
+  `seed` and `estimator` (`count`, the default, or `bernoulli`); `is_greedy` is whether greedy
   diffusion decoding of the continuation's length (one token per step) reproduces it
   (`greedy_check=false` skips that and answers False).
 - `loglikelihood_rolling` is the ELBO of each of lm-eval's disjoint windows of the text, summed.
@@ -55,7 +55,7 @@ class DiffusionLM(TemplateLM):
         max_new_tokens: int | None = None,
         mc_samples: int = 128,
         t_min: float = 1e-3,
-        estimator: str = "llada",
+        estimator: str = "count",
         seed: int = 0,
         greedy_check: bool = True,
         add_bos_token: bool = False,

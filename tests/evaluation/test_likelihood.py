@@ -10,7 +10,13 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from sft.evaluation.likelihood import LikelihoodSettings, elbo_samples, llada_counts, mask_exactly, summarize
+from sft.evaluation.likelihood import (
+    LikelihoodSettings,
+    elbo_samples,
+    mask_exactly,
+    stratified_counts,
+    summarize,
+)
 from tests.conftest import tiny_qwen2_config
 
 MASK = 3
@@ -52,10 +58,10 @@ def estimate(model, contexts, continuations, estimator: str, n: int, seed: int =
     )
 
 
-def test_llada_counts_are_stratified_over_1_to_L():
+def test_stratified_counts_are_stratified_over_1_to_L():
     lengths = torch.tensor([1, 3, 7])
     for seed in range(4):
-        counts = llada_counts(torch.arange(21)[:, None], 21, lengths[None, :], seed)
+        counts = stratified_counts(torch.arange(21)[:, None], 21, lengths[None, :], seed)
         for column, length in enumerate(lengths.tolist()):
             histogram = torch.bincount(counts[:, column], minlength=length + 1)
             assert histogram[0] == 0 and histogram.sum() == 21
@@ -71,9 +77,9 @@ def test_mask_exactly_masks_that_many_maskable_tokens():
     assert masked[1].nonzero().flatten().tolist() == [int(best)]
 
 
-def test_llada_estimator_is_exact_for_a_one_token_continuation(model):
+def test_count_estimator_is_exact_for_a_one_token_continuation(model):
     contexts, continuations = [[5, 6, 7], [9, 4]], [[11], [20]]
-    samples = estimate(model, contexts, continuations, "llada", 16)
+    samples = estimate(model, contexts, continuations, "count", 16)
     for row, (context, continuation) in enumerate(zip(contexts, continuations)):
         exact = exact_elbo(model, context, continuation)
         assert torch.allclose(samples[row], torch.full((16,), exact, dtype=torch.float64), atol=1e-5)
@@ -86,7 +92,7 @@ def test_both_estimators_converge_to_the_exact_elbo(model):
     contexts = [[5, 6, 7], [9, 4], [12, 13, 14, 15]]
     continuations = [[11, 30, 8], [20, 21, 22], [40, 41, 42, 43]]
     exact = [exact_elbo(model, c, x) for c, x in zip(contexts, continuations)]
-    for estimator in ("llada", "bernoulli"):
+    for estimator in ("count", "bernoulli"):
         for row, result in enumerate(summarize(estimate(model, contexts, continuations, estimator, 2048))):
             assert abs(result.mean - exact[row]) < 4 * result.standard_error + 2e-3 * abs(exact[row]), (
                 estimator,
@@ -96,14 +102,14 @@ def test_both_estimators_converge_to_the_exact_elbo(model):
             )
 
 
-def test_llada_estimator_has_the_smaller_standard_error(model):
+def test_count_estimator_has_the_smaller_standard_error(model):
     contexts, continuations = [[5, 6, 7], [12, 13]], [[11, 30, 8, 9, 10], [40, 41, 42, 43, 44, 45]]
-    llada = summarize(estimate(model, contexts, continuations, "llada", 128))
+    count = summarize(estimate(model, contexts, continuations, "count", 128))
     bernoulli = summarize(estimate(model, contexts, continuations, "bernoulli", 128))
-    for a, b in zip(llada, bernoulli):
+    for a, b in zip(count, bernoulli):
         assert a.standard_error < 0.5 * b.standard_error
 
 
 def test_unknown_estimator_is_refused():
-    with pytest.raises(ValueError, match="estimator must be one of llada, bernoulli"):
+    with pytest.raises(ValueError, match="estimator must be one of count, bernoulli"):
         LikelihoodSettings(estimator="exact").check()
