@@ -147,12 +147,12 @@ def default_format(source: Source) -> Layout:
     return family if family in LAYOUTS else "native"
 
 
-EXPORTABLE = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+EXPORTABLE = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 """transformers model types an export can hold, and their causal-LM class."""
 
 
 def export_config(config: dict[str, Any], source: str) -> dict[str, Any]:
-    """transformers' Qwen2/Llama config (as a dict) for a config.json in any family's layout."""
+    """transformers' Qwen2/Qwen3/Llama config (as a dict) for a config.json in any family's layout."""
     values = native_config(config, source)
     if values.get("model_type") not in EXPORTABLE:
         raise UserError(f"model_type {values.get('model_type')!r} cannot be exported", file=source)
