@@ -131,7 +131,7 @@ def usage(where: str) -> list[str]:
         "```",
         "",
         f"Sample it block by block: `dlm-sft generate {where} --block-size 4`, or load it with SDAR's "
-        "own code (`trust_remote_code=True`, needs flash-attn).",
+        "own remote code (which needs flash-attn).",
     ]
 
 
