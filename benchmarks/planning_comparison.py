@@ -139,9 +139,16 @@ def run(args: argparse.Namespace, objectives: tuple[str, ...]) -> dict:
         "training.save_strategy=no",
         "training.eval_strategy=no",
         "training.warmup_steps=0",
+        f"training.seed={args.seed}",
         f"training.logging_steps={max(min(args.budgets) // 4, 1)}",
     ]
-    results: dict = {"task": args.task, "level": args.level, "train_rows": args.train_rows, "budgets": {}}
+    results: dict = {
+        "task": args.task,
+        "level": args.level,
+        "train_rows": args.train_rows,
+        "seed": args.seed,
+        "budgets": {},
+    }
     best_objective = None
     row = row_tokens(rows)
     for index, budget in enumerate(args.budgets):
@@ -182,7 +189,8 @@ def run(args: argparse.Namespace, objectives: tuple[str, ...]) -> dict:
 
 def table(results: dict) -> list[str]:
     lines = [
-        f"{results['task']} ({results['level']}), {results['train_rows']} training rows",
+        f"{results['task']} ({results['level']}), {results['train_rows']} training rows, "
+        f"seed {results.get('seed', 0)}",
         "| budget (steps) | model | objective | decoder | held-out accuracy | train s |",
         "|---:|---|---|---|---:|---:|",
     ]
@@ -218,14 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--workdir", default="/tmp/dlm-planning")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed (initialisation, noise) of both sides"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, format only")
+    parser.add_argument("--objectives", default=None, help="comma-separated OBJECTIVES names (default: all)")
     args = parser.parse_args(argv)
     objectives = tuple(OBJECTIVES)
+    if args.objectives:
+        objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown:
+            parser.error(f"unknown objectives {unknown}; choose from {list(OBJECTIVES)}")
     if args.quick:
         args.budgets, args.train_rows, args.eval_rows, args.batch_size = "2,3", 64, 8, 8
         objectives = QUICK_OBJECTIVES
     args.budgets = [int(b) for b in str(args.budgets).split(",")]
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     print("\n".join(table(run(args, objectives))))
     return 0
 
