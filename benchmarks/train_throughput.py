@@ -63,6 +63,7 @@ from sft.families.attention import attention_inputs  # noqa: E402
 from sft.families.loader import load_model  # noqa: E402
 from sft.loss import objective, prediction_head  # noqa: E402
 from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
+from sft.training.noising import draw_noise  # noqa: E402
 from sft.training.trainer import DiffusionSFTTrainer  # noqa: E402
 
 VOCAB = 152064
@@ -141,7 +142,7 @@ def with_batch_tails(examples: datasets.Dataset, batch_size: int, eos_token_id: 
 
 def full_logits_loss(trainer: DiffusionSFTTrainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The common recipe: full B×L×V logits in float32, then the same weighted CE at masked positions."""
-    noised = trainer._add_noise(batch, training=True)
+    noised = draw_noise(batch, trainer.args, trainer.state.global_step, True)
     logits = trainer.model(
         input_ids=noised.noisy_ids, **attention_inputs(batch, "sdpa", torch.float32)
     ).logits.float()

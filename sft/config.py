@@ -76,6 +76,24 @@ class DiffusionSFTConfig(SFTConfig):
         data-parallel ranks — so loss and gradients do not depend on how the global batch is
         split. `sequence`: LLaDA's per-sequence mean (÷ the sequence's supervised tokens), then the
         mean over the sequences of the global batch.
+    complementary (`bool`, defaults to False):
+        Complementary masks (LLaDA 2.x post-training, DiffuCoder's coupled sampling): each training
+        example appears twice in its micro-batch, once with its mask (time t) and once with the
+        complement of that mask (time 1 - t, weighted as such), so every response token is
+        supervised exactly once per pair and both halves enter the same optimizer step. t is drawn
+        in [t_min, 1 - t_min]; each half counts in the global denominator, so the expected loss
+        is the same as without pairs (with less variance). Doubles the rows of every training
+        micro-batch (memory and compute); evaluation loss is unchanged.
+    block_size (`int` or `None`, defaults to None):
+        Block-diffusion SFT (BD3-LMs; Fast-dLLM v2, SDAR): the response and its EOS tail are cut
+        into blocks of this many tokens from the first response token; each block draws its own
+        t and is masked with it; the model predicts a masked token from its noisy block
+        (bidirectional) and the *clean* prompt and clean earlier blocks (the conditional of
+        block-by-block sampling with a KV cache; `sampling.block_size` / `--block-size`). One
+        forward per row of twice the length, [x_t ; x_0], with a 4-D block mask (sdpa or eager;
+        flash_attention_2 is refused), so memory and compute per row double. Weightings,
+        normalisation, EOS-tail policies, complementary masks and packing work as without
+        blocks; CART counts as context only what the block sees. None: full-sequence diffusion.
     eval_t_grid (`int`, defaults to 8):
         Evaluation draws t from a fixed grid of this many points (example k gets cell k mod n)
         and its masks from `eval_seed`, so eval loss is deterministic.
@@ -118,6 +136,8 @@ class DiffusionSFTConfig(SFTConfig):
     eos_tail: EosTail = field(default="all", metadata=DIFFUSION)
     eos_tail_n: int = field(default=16, metadata=DIFFUSION)
     loss_normalization: Normalization = field(default="supervised", metadata=DIFFUSION)
+    complementary: bool = field(default=False, metadata=DIFFUSION)
+    block_size: int | None = field(default=None, metadata=DIFFUSION)
     eval_t_grid: int = field(default=8, metadata=DIFFUSION)
     eval_seed: int = field(default=0, metadata=DIFFUSION)
     mask_token_id: int | None = field(default=None, metadata=FAMILY)
@@ -147,8 +167,14 @@ class DiffusionSFTConfig(SFTConfig):
             _check_choice(name, getattr(self, name), get_args(kind))
         if not 0.0 <= self.t_min < 1.0:
             raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
+        if self.complementary and self.t_min >= 0.5:
+            raise ValueError(f"complementary masks need t_min < 0.5 (t and 1 - t >= t_min), got {self.t_min}")
         if not 0.0 < self.cart_p <= 1.0:
             raise ValueError(f"cart_p must be in (0, 1], got {self.cart_p}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(
+                f"block_size must be >= 1 or null (full-sequence diffusion), got {self.block_size}"
+            )
         if self.eos_tail_n < 0 or self.eval_t_grid < 1:
             raise ValueError("eos_tail_n must be >= 0 and eval_t_grid >= 1")
 
@@ -165,65 +191,6 @@ DIFFUSION_FIELDS = tuple(
 
 FAMILY_FIELDS = tuple(f.name for f in fields(DiffusionSFTConfig) if f.metadata.get("set_by") == "family")
 """Fields set from the model family, never by the recipe."""
-
-_DATA_IS_TOKENIZED = "remove it: dlm-sft tokenizes the chat rows itself (see data.*)"
-_PACKING = "use data.batching: pack (per-document attention and noise)"
-_RESPONSE_ONLY = "remove it: only response tokens are ever masked (data.multi_turn picks the turns)"
-_DIFFUSION_LOSS = "remove it: the loss is the diffusion loss (see diffusion.weighting)"
-_FUSED_HEAD = "remove it: the masked-only head already fuses the LM head and the loss"
-REFUSED_TRAINING_KEYS = {
-    "max_length": "use data.max_length",
-    "truncation_mode": "use data.truncation",
-    "packing": _PACKING,
-    "packing_strategy": _PACKING,
-    "padding_free": _PACKING,
-    "eval_packing": _PACKING,
-    "pad_to_multiple_of": _PACKING,
-    "completion_only_loss": _RESPONSE_ONLY,
-    "assistant_only_loss": _RESPONSE_ONLY,
-    "dataset_text_field": "use data.train rows with `messages` or `prompt`/`completion`",
-    "dataset_kwargs": _DATA_IS_TOKENIZED,
-    "dataset_num_proc": "use data.num_proc",
-    "shuffle_dataset": "remove it: the sampler reshuffles every epoch (training.data_seed)",
-    "remove_unused_columns": _DATA_IS_TOKENIZED,
-    "eos_token": "remove it: the tokenizer's EOS is used (choose the tokenizer with model.tokenizer)",
-    "pad_token": "remove it: the tokenizer's pad token is used (choose it with model.tokenizer)",
-    "model_init_kwargs": "use model.dtype and model.attn_implementation",
-    "trust_remote_code": "use model.trust_remote_code",
-    "loss_type": "use diffusion.weighting",
-    "label_smoothing_factor": _DIFFUSION_LOSS,
-    "router_aux_loss_coef": _DIFFUSION_LOSS,
-    "label_names": "remove it: the diffusion loss builds its own targets",
-    "average_tokens_across_devices": "use diffusion.loss_normalization",
-    "use_liger_kernel": _FUSED_HEAD,
-    "liger_kernel_config": _FUSED_HEAD,
-    "activation_offloading": "use training.activation_checkpointing",
-    "parallelism_config": "use the parallelism_config of an accelerate config (--accelerate FILE)",
-}
-"""TRL `SFTConfig` / `TrainingArguments` keys that diffusion SFT does not honour, each with what
-does that job here. A recipe setting one is refused with that name; every other field works as in
-TRL and transformers."""
-
-SCRIPT_KEYS = {
-    "model_name_or_path": "model.name_or_path",
-    "model_revision": "model.name_or_path (a hub id, or a local snapshot of the revision)",
-    "torch_dtype": "model.dtype",
-    "attn_implementation": "model.attn_implementation",
-    "dataset_name": "data.train (a hub dataset id, files or directories)",
-    "dataset_mixture": "data.train (a list of sources), or dlm-sft prepare to mix and filter",
-    "dataset_config": "data.train: {name: ..., config: ...}",
-    "dataset_train_split": "data.train: {name: ..., split: ...}",
-    "dataset_test_split": "data.eval: {name: ..., split: ...}",
-    "max_seq_length": "data.max_length",
-    "use_peft": "a lora: section",
-    "lora_r": "lora.r",
-    "lora_alpha": "lora.alpha",
-    "lora_dropout": "lora.dropout",
-    "lora_target_modules": "lora.target_modules",
-}
-"""Settings of TRL's and alignment-handbook's scripts (`ScriptArguments`, `ModelConfig`, the old
-`max_seq_length`) that are no `SFTConfig` field: a recipe using one, under `training:` or at the top
-level as a handbook recipe has them, is refused naming the recipe key that does that job."""
 
 
 @dataclass

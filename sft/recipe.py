@@ -20,8 +20,6 @@ from typing import Any
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
-    REFUSED_TRAINING_KEYS,
-    SCRIPT_KEYS,
     DataSettings,
     DiffusionSFTConfig,
     LoraSettings,
@@ -34,6 +32,7 @@ from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.families.attention import PACKED_VARLEN
 from sft.hub import DatasetRef
+from sft.trl_keys import REFUSED_TRAINING_KEYS, SCRIPT_KEYS
 from sft.validation import (
     apply_override,
     build_dataclass,

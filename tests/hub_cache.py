@@ -11,6 +11,9 @@ real ids that the recipes and the README name.
   tokenization_dream.py) and raise when imported, so any path that runs them fails;
 - `GSAI-ML/LLaDA-8B-Base`, `GSAI-ML/LLaDA-8B-Instruct`: LLaDA's release layout (OLMo-style config and
   weight names, `auto_map`, remote-code file names);
+- `JetLM/SDAR-1.7B-Chat`: SDAR's release layout (its config.json keys: `model_type: sdar`,
+  `auto_map`, `block_size: 4`, `mask_token_id`, training flags; Qwen3-named weights with q/k norms)
+  and its remote-code file names;
 - `Qwen/Qwen2.5-0.5B`: a causal Qwen2 checkpoint;
 - datasets `allenai/tulu-3-sft-mixture` (`data/train-00000-of-00001.parquet`; id, messages, source)
   and `HuggingFaceTB/smoltalk` (`data/<config>/{train,test}-00000-of-00001.parquet` for the configs
@@ -41,11 +44,12 @@ from tests.format_fixtures import write_dream_dir, write_llada_dir
 
 DREAM_IDS = ("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B")
 LLADA_IDS = ("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct")
+SDAR_IDS = ("JetLM/SDAR-1.7B-Chat",)
 QWEN_IDS = ("Qwen/Qwen2.5-0.5B",)
 TULU = "allenai/tulu-3-sft-mixture"
 SMOLTALK = "HuggingFaceTB/smoltalk"
 SMOLTALK_CONFIGS = ("all", "everyday-conversations", "smol-magpie-ultra")
-MODEL_IDS = (*DREAM_IDS, *LLADA_IDS, *QWEN_IDS)
+MODEL_IDS = (*DREAM_IDS, *LLADA_IDS, *SDAR_IDS, *QWEN_IDS)
 DATASET_IDS = (TULU, SMOLTALK)
 
 _REFUSE = 'raise ImportError("{name}: remote code must never run in dlm-sft")\n'
@@ -156,6 +160,68 @@ def write_llada_repo(directory: Path, tokenizer: PreTrainedTokenizerBase, seed: 
         (directory / name).write_text(_REFUSE.format(name=name))
 
 
+def sdar_config(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """config.json as SDAR-1.7B-Chat's (same keys and flags), with tiny dimensions."""
+    return {
+        "architectures": ["SDARForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_sdar.SDARConfig",
+            "AutoModel": "modeling_sdar.SDARModel",
+            "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+        },
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_implementation": "flex_attention",
+        "bos_token_id": tokenizer.eos_token_id,
+        "debug": False,
+        "eos_token_id": tokenizer.eos_token_id,
+        "block_size": 4,
+        "mask_token_id": tokenizer.convert_tokens_to_ids("<|mask|>"),
+        "ep_size": 1,
+        "fuse_cross_entropy": True,
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "max_window_layers": 2,
+        "micro_forward": False,
+        "model_type": "sdar",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000,
+        "skip_checkpoint": False,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.52.4",
+        "use_cache": False,
+        "use_deepep": False,
+        "use_sliding_window": False,
+        "vocab_size": len(tokenizer),
+    }
+
+
+def write_sdar_repo(directory: Path, tokenizer: PreTrainedTokenizerBase, seed: int) -> None:
+    """SDAR's layout: its config.json, Qwen3-named weights (written by transformers' own Qwen3 class,
+    whose names SDAR's remote `SDARForCausalLM` shares), tokenizer and remote-code file names."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = sdar_config(tokenizer)
+    remote = ("architectures", "auto_map", "model_type", "attn_implementation")
+    native = {k: v for k, v in config.items() if k not in remote}
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(Qwen3Config(**native)).save_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(directory)
+    for name in ("configuration_sdar.py", "modeling_sdar.py", "fused_linear_diffusion_cross_entropy.py"):
+        (directory / name).write_text(_REFUSE.format(name=name))
+
+
 def write_qwen_repo(directory: Path, tokenizer: PreTrainedTokenizerBase, seed: int) -> None:
     torch.manual_seed(seed)
     Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, tie_word_embeddings=True)).save_pretrained(directory)
@@ -208,6 +274,8 @@ def build_hub_cache(cache: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
         writers[repo_id, "model"] = lambda d, s=seed: write_dream_repo(d, tokenizer, seed=s + 1)
     for seed, repo_id in enumerate(LLADA_IDS):
         writers[repo_id, "model"] = lambda d, s=seed: write_llada_repo(d, tokenizer, seed=s + 3)
+    for repo_id in SDAR_IDS:
+        writers[repo_id, "model"] = lambda d: write_sdar_repo(d, tokenizer, seed=7)
     for repo_id in QWEN_IDS:
         writers[repo_id, "model"] = lambda d: write_qwen_repo(d, tokenizer, seed=5)
     writers[TULU, "dataset"] = write_tulu_repo

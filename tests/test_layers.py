@@ -18,6 +18,7 @@ FLOORS = {
     "sft.tasks": 0,
     "sft.ranks": 0,
     "sft.notices": 0,
+    "sft.trl_keys": 0,
     "sft.validation": 1,
     "sft.hub": 2,
     "sft.config": 2,

@@ -1,6 +1,6 @@
 """`dlm-sft export`: its arguments and how they call `sft.export.exporter`.
 
-dlm-sft export RUN_OR_CHECKPOINT --output DIR [--format auto|dream|llada|native]
+dlm-sft export RUN_OR_CHECKPOINT --output DIR [--format auto|dream|llada|sdar|native]
                [--adapter NAME_OR_PATH] [--dtype auto|bf16|fp32] [--max-shard-size 5GB]
                [--push-to-hub REPO [--private]]
 dlm-sft export DIR --list-adapters

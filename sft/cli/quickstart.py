@@ -2,7 +2,9 @@
 digits on a CPU and show that it learnt.
 
 Writes the task's train/held-out files, scores the untrained model, trains with the recipe,
-scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fraction>`.
+scores the trained model, and prints `accuracy: untrained=<fraction> trained=<fraction>`. With
+`diffusion.block_size=B` both are scored with the block sampler (KV cache of finished blocks), and
+its forwards per generated token and cache reuse are printed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
 
     from sft.data.splits import prepare_data
     from sft.evaluation.bundled import exact_match
+    from sft.sampling.block_sampler import SamplerStats
     from sft.tasks import sort_digits
     from sft.training.run import build_model, build_trainer
 
@@ -64,10 +67,16 @@ def run_quickstart(config: RunConfig, *, steps: int = ANSWER_TOKENS) -> tuple[fl
         "max_new_tokens": ANSWER_TOKENS,
         "steps": steps,
     }
+    block_size = config.training.block_size
+    if block_size:
+        generation["block_size"] = block_size
     untrained = exact_match(loaded.model, loaded.tokenizer, rows, sort_digits.score, **generation)
     print(f"untrained exact match: {untrained:.3f}", flush=True)
     trainer = build_trainer(config, data, loaded)
     trainer.train()
     trainer.save_model()
-    trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, **generation)
+    stats = SamplerStats()
+    trained = exact_match(trainer.model, loaded.tokenizer, rows, sort_digits.score, stats=stats, **generation)
+    sampler = f"block sampler (block_size={block_size})" if block_size else "full-sequence sampler"
+    print(f"{sampler}: {stats.line()}", flush=True)
     return untrained, trained

@@ -34,6 +34,12 @@ def add_sampler_options(parser: argparse.ArgumentParser, max_new_tokens: int | N
     group.add_argument("--eps", type=float, default=None, help="last timestep (default 1e-3)")
     group.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (LLaDA)")
     group.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="block-diffusion sampling with a KV cache (models trained with diffusion.block_size)",
+    )
+    group.add_argument(
         "--threshold",
         type=float,
         default=None,

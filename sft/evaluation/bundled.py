@@ -88,7 +88,7 @@ class EvalReport:
             options = f"max_new_tokens={s.max_new_tokens} steps={s.steps} alg={s.alg}"
             options += "".join(
                 f" {name}={getattr(s, name)}"
-                for name in ("temperature", "block_length", "threshold", "alg_temp")
+                for name in ("temperature", "block_length", "block_size", "threshold", "alg_temp")
                 if getattr(s, name)
             )
             line = f"accuracy {source}: {accuracy:.3f} ({self.counts[source]} rows; {options})"

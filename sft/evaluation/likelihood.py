@@ -4,16 +4,25 @@ A masked diffusion LM has no exact likelihood; Dream and LLaDA score multiple-ch
 with the training objective's evidence lower bound, estimated by Monte Carlo:
 
     log p(x | c) >= E_t E_mask [ Σ_{j masked} (1/t) · log p_θ(x_j | c, x_masked) ]
+                  = E_{l ~ U{1..L}} E_{|S| = l} [ (L/l) · Σ_{j in S} log p_θ(x_j | c, x_{not S}) ]
 
-Each of `n` samples draws a time t and masks every continuation token with probability t (the
-context is never masked), then adds up the weighted log-probabilities of the masked tokens. The
-pieces are the training objective's own (`sft.loss.objective`): `grid_t` spreads the n times evenly
-over [t_min, 1] (stratified, as Dream's evaluation spreads its batch over U[0, 1]),
-`example_keys`/`token_uniforms`/`mask_tokens` draw the masks, `token_weights("inv_t")` weights
-them, `prediction_source` applies the shift. The noise is counter-based on (seed, sample index,
-position in the continuation) and the same for every request (common random numbers), so a
-request's estimate does not depend on batching, order or which other requests are scored, and
-answer choices of one question are compared under the same masks.
+(L = the continuation's length; the second form is LLaDA's, their eq. (14).) Two estimators:
+
+- `count` (default; LLaDA's `get_log_likelihood`): each sample takes a count l in 1..L and masks
+  exactly l continuation tokens uniformly at random, weight L/l. The n counts are stratified,
+  l_s = 1 + ⌊L · ((s + v)/n mod 1)⌋ with one offset v per seed (LLaDA spreads its batch's l the
+  same way), and the masked set is the l tokens with the smallest counter-based uniforms. For a
+  1-token continuation every sample is the exact log p.
+- `bernoulli` (Dream's): each sample takes a time t and masks every continuation token with
+  probability t, weight 1/t. `grid_t` spreads the n times evenly over [t_min, 1] (stratified).
+  Its standard error is several times larger (docs/evaluation.md has measurements).
+
+The context is never masked. The pieces are the training objective's own (`sft.loss.objective`):
+`example_keys`/`token_uniforms`/`mask_tokens` draw the masks, `prediction_source` applies the
+shift. The noise is counter-based on (seed, sample index, position in the continuation) and the
+same for every request (common random numbers), so a request's estimate does not depend on
+batching, order or which other requests are scored, and answer choices of one question are
+compared under the same masks.
 
 Each estimate comes with the variance of its n samples (report it: a 128-sample ELBO is noisy).
 """
@@ -22,26 +31,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from sft.loss import objective
+from sft.loss import noise, objective
 from sft.loss.prediction_head import head_loss
 from sft.sampling.sampler import left_pad
+
+Estimator = Literal["count", "bernoulli"]
+ESTIMATORS = ("count", "bernoulli")
 
 
 @dataclass
 class LikelihoodSettings:
-    """How the ELBO is estimated: `mc_samples` times per request (Dream and LLaDA use 128), with
-    times on a grid over [t_min, 1] and masks from `seed`."""
+    """How the ELBO is estimated: `mc_samples` samples per request (Dream and LLaDA use 128) by
+    `estimator` (`count`: exactly l of L tokens masked, weight L/l; `bernoulli`: times on a grid
+    over [t_min, 1], weight 1/t), masks from `seed`. `t_min` is only read by `bernoulli`."""
 
     mc_samples: int = 128
     seed: int = 0
     t_min: float = 1e-3
+    estimator: Estimator = "count"
 
     def check(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if not 0 <= self.t_min < 1:
@@ -61,6 +78,24 @@ class ElboEstimate:
         return math.sqrt(self.variance / self.samples)
 
 
+def stratified_counts(sample_ids: torch.Tensor, n: int, lengths: torch.Tensor, seed: int) -> torch.Tensor:
+    """How many tokens each sample masks: l = 1 + ⌊L · ((s + v)/n mod 1)⌋ in 1..L, stratified over the
+    n samples s, with one offset v in [0, 1) per seed. `sample_ids` and `lengths` (L) broadcast."""
+    first = torch.zeros(1, dtype=torch.long)
+    offset = noise.token_uniforms(noise.example_keys(seed, 1, first), first)
+    fraction = torch.remainder((sample_ids.to(torch.float64) + offset.double()) / n, 1.0)
+    highest = (lengths - 1).clamp(min=0)
+    return 1 + torch.minimum(torch.floor(lengths.to(torch.float64) * fraction).long(), highest)
+
+
+def mask_exactly(maskable: torch.Tensor, uniforms: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per row, the `counts` maskable positions with the smallest uniforms (B, L) bool: a uniformly
+    random subset of that size."""
+    keyed = torch.where(maskable, uniforms, torch.full_like(uniforms, 2.0))
+    rank = keyed.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True)
+    return maskable & (rank < counts[:, None])
+
+
 def elbo_samples(
     model: PreTrainedModel,
     contexts: list[list[int]],
@@ -73,13 +108,14 @@ def elbo_samples(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Per-sample ELBOs (requests, mc_samples), float64: Σ over masked continuation tokens of
-    (1/t)·log p. Rows (request × sample) go through the model `batch_size` at a time."""
+    weight·log p (L/l or 1/t, see the module docstring). Rows (request × sample) go through the
+    model `batch_size` at a time."""
     settings.check()
     device = next(model.parameters()).device
     n = settings.mc_samples
     sample_ids = torch.arange(n)
-    times = objective.grid_t(sample_ids, n, settings.t_min)
-    keys = objective.example_keys(settings.seed, 0, sample_ids)
+    times = noise.grid_t(sample_ids, n, settings.t_min)
+    keys = noise.example_keys(settings.seed, 0, sample_ids)
     jobs = [(r, s) for r in range(len(contexts)) for s in range(n)]
     out = torch.zeros(len(contexts), n, dtype=torch.float64)
     for start in range(0, len(jobs), batch_size):
@@ -93,12 +129,19 @@ def elbo_samples(
         first_target = width - torch.tensor([len(continuations[r]) for r, _ in chunk])[:, None]
         maskable = cols >= first_target
         samples = torch.tensor([s for _, s in chunk])
-        t = times[samples][:, None].expand(ids.shape)
-        uniforms = objective.token_uniforms(keys[samples][:, None], cols - first_target)
-        noisy, masked = objective.mask_tokens(ids, maskable, t, uniforms, mask_token_id)
+        uniforms = noise.token_uniforms(keys[samples][:, None], cols - first_target)
+        if settings.estimator == "count":
+            lengths = torch.tensor([len(continuations[r]) for r, _ in chunk])
+            counts = stratified_counts(samples, n, lengths, settings.seed)
+            masked = mask_exactly(maskable, uniforms, counts)
+            noisy = torch.where(masked, torch.full_like(ids, mask_token_id), ids)
+            weights = (lengths / counts).float()[:, None].expand(ids.shape)
+        else:
+            t = times[samples][:, None].expand(ids.shape)
+            noisy, masked = noise.mask_tokens(ids, maskable, t, uniforms, mask_token_id)
+            weights = objective.token_weights("inv_t", t, ~masked, None, None, 0)
         rows_idx, cols_idx = masked.nonzero(as_tuple=True)
         source = objective.prediction_source(cols_idx, positions[rows_idx, cols_idx], shift)
-        weights = objective.token_weights("inv_t", t, ~masked, None, None, 0)
         per_row = -masked_weighted_ce(
             model,
             noisy.to(device),

@@ -8,9 +8,10 @@ AR-initialised; a training output, an export or a LoRA adapter).
   is not given, and its `until` strings cut the answer (after the family's stop tokens). Other
   generation kwargs of a task (`temperature`, `do_sample`) are not read: the sampler options are the
   model's (as in Dream's and LLaDA's own harness models).
-- `loglikelihood` is the Monte-Carlo ELBO (`sft.evaluation.likelihood`) with `mc_samples` samples
-  and `seed`; `is_greedy` is whether greedy diffusion decoding of the continuation's length (one
-  token per step) reproduces it (`greedy_check=false` skips that and answers False).
+- `loglikelihood` is the Monte-Carlo ELBO (`sft.evaluation.likelihood`) with `mc_samples` samples,
+  `seed` and `estimator` (`count`, the default, or `bernoulli`); `is_greedy` is whether greedy
+  diffusion decoding of the continuation's length (one token per step) reproduces it
+  (`greedy_check=false` skips that and answers False).
 - `loglikelihood_rolling` is the ELBO of each of lm-eval's disjoint windows of the text, summed.
 
 The spread of the ELBO estimates (mean and largest standard error per request type) goes into the
@@ -55,6 +56,7 @@ class DiffusionLM(TemplateLM):
         max_new_tokens: int | None = None,
         mc_samples: int = 128,
         t_min: float = 1e-3,
+        estimator: str = "count",
         seed: int = 0,
         greedy_check: bool = True,
         add_bos_token: bool = False,
@@ -78,7 +80,10 @@ class DiffusionLM(TemplateLM):
         self.batch_size = int(batch_size) if str(batch_size or "").isdigit() else 1
         self.max_new_tokens = max_new_tokens
         self.sampler = {k: v for k, v in sampler.items() if k in SAMPLER_OPTIONS and v is not None}
-        self.likelihood = LikelihoodSettings(mc_samples=int(mc_samples), seed=int(seed), t_min=float(t_min))
+        self.likelihood = LikelihoodSettings(
+            mc_samples=int(mc_samples), seed=int(seed), t_min=float(t_min), estimator=str(estimator)
+        )
+        self.likelihood.check()
         self.seed = int(seed)
         self.greedy_check = greedy_check
         self.add_bos_token = add_bos_token

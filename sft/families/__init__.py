@@ -1,14 +1,16 @@
 """Model families: how a checkpoint becomes a bidirectional transformers model with a mask token.
 
-Each family module (`dream`, `llada`, `ar`, `remote`) fills one `Family` (sft/families/base.py) with
+Each family module (`dream`, `llada`, `sdar`, `ar`, `remote`) fills one `Family` (sft/families/base.py) with
 its behaviour and formats; this file only registers them. `sft/families/loader.py` picks a family for
 a checkpoint and loads it. Adding a family touches this folder only.
 """
 
-from sft.families import ar, dream, llada, remote
+from sft.families import ar, dream, llada, remote, sdar
 from sft.families.base import Family
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (dream.FAMILY, llada.FAMILY, ar.FAMILY, remote.FAMILY)}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (dream.FAMILY, llada.FAMILY, sdar.FAMILY, ar.FAMILY, remote.FAMILY)
+}
 """Every family by name, in detection order: `remote` (anything with auto_map) only after the others."""
 
 

@@ -14,14 +14,23 @@ global batch:
     w_j    = 1/t (inv_t) | 1 - t (linear) | 1 (uniform) | CART(clean, p)_j (cart)
              × EOS-tail factor (policy `one`: 1 / #masked tail tokens of the document)
 
+Complementary masks (`complementary_pairs`): every document appears twice in its micro-batch, once
+with the mask above and once with its complement (maskable ∧ ¬masked, time 1 - t, so its weights
+are those of a draw at 1 - t and each half is an unbiased estimate of the same loss); then
+t = t_min + (1 - 2·t_min)·u so both halves keep t ≥ t_min. Every maskable token is supervised
+exactly once per pair, and the pair counts twice in the denominator.
+
+Block diffusion (`noise.block_index`, `noise.block_keys`, `block_cart_weights`; the model inputs are built by
+`sft.loss.block_diffusion`): the maskable tokens of a document are cut into blocks of B from the first
+response token, each block draws its own t from hash(document key, block), and CART sees, for a
+token of block b, the prompt, the clean blocks < b and its block's unmasked tokens.
+
 A batch is rows of tokens; each token belongs to a document (`doc_ids`, -1 for padding) at a
 position within it (`positions`). A padded batch has one document per row, a packed batch several:
 every function here works per document, so packing never changes an example's loss.
 
-Randomness is *counter-based*: every random number is a hash of (seed, step, example id,
-position), so an example's noise never depends on how its global batch is split across
-gradient-accumulation micro-batches, data-parallel ranks, padding or packing. Nothing here knows
-about models, trainers or files.
+The random draws are counter-based (`sft.loss.noise`), so an example's noise never depends on how
+its global batch is split. Nothing here knows about models, trainers or files.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from typing import Literal, get_args
 
 import torch
 
+from sft.loss.noise import token_uniforms
+
 Weighting = Literal["inv_t", "linear", "uniform", "cart"]
 """Loss weight of a masked token (see `token_weights`); `DiffusionSFTConfig.weighting` takes these."""
 Normalization = Literal["supervised", "sequence"]
@@ -40,61 +51,11 @@ EosTail = Literal["all", "first_n", "one", "none"]
 """How the EOS tail after a response is trained (`sft.data.collate` lays it out; `one` is
 `eos_tail_factor`'s `tail_as_one`)."""
 
-_MASK32 = 0xFFFFFFFF
-_T_STREAM = _MASK32  # hash key of a document's `t` draw; token positions never reach it
-
 
 # --------------------------------------------------------------------------- counter-based noise
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (int64 tensors holding values < 2^32; no product overflows int64)."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    return (x >> 16) ^ x
-
-
-def _combine(h: torch.Tensor, key: torch.Tensor | int) -> torch.Tensor:
-    """Hash `key` into the running hash `h` (broadcasting)."""
-    return _mix32((h * 0x01000193 + (torch.as_tensor(key, device=h.device) & _MASK32)) & _MASK32)
-
-
-def _to_unit(h: torch.Tensor) -> torch.Tensor:
-    """Map 32-bit hashes to float32 uniforms in [0, 1) with 24 bits of resolution."""
-    return (h >> 8).to(torch.float32) / float(1 << 24)
-
-
-def example_keys(seed: int, step: int, example_ids: torch.Tensor) -> torch.Tensor:
-    """One random key per example: hash(seed, step, example id). Same shape as `example_ids`."""
-    h = _mix32(torch.full_like(example_ids, seed & _MASK32, dtype=torch.int64))
-    return _combine(_combine(h, step), example_ids.to(torch.int64))
-
-
-def sample_t(keys: torch.Tensor, t_min: float) -> torch.Tensor:
-    """Per-example time t = t_min + (1 - t_min)·u, u ~ U[0, 1). t_min = 0 reproduces Dream."""
-    return t_min + (1.0 - t_min) * _to_unit(_combine(keys, _T_STREAM))
-
-
-def grid_t(example_ids: torch.Tensor, grid_size: int, t_min: float) -> torch.Tensor:
-    """Deterministic eval times: example k gets the midpoint of cell (k mod grid_size) of [t_min, 1]."""
-    cell = (example_ids.to(torch.int64) % grid_size).to(torch.float32)
-    return t_min + (1.0 - t_min) * (cell + 0.5) / grid_size
-
-
-def token_uniforms(token_keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) per token from its example's key and its position *within the example* (elementwise)."""
-    return _to_unit(_combine(token_keys, positions.to(torch.int64)))
 
 
 # --------------------------------------------------------------------------- masking and shift
-def mask_tokens(
-    input_ids: torch.Tensor,
-    maskable: torch.Tensor,
-    t: torch.Tensor,
-    uniforms: torch.Tensor,
-    mask_token_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask each maskable token with probability `t` (per token, (B, L)). Returns (noisy ids, masked)."""
-    masked = maskable & (uniforms < t)
-    return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
 
 
 def shift_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -189,6 +150,47 @@ def eos_tail_factor(
     return torch.where(tail, 1.0 / per_token, ones)
 
 
+# --------------------------------------------------------------------------- block diffusion
+
+
+def block_cart_weights(
+    masked: torch.Tensor,
+    doc_ids: torch.Tensor,
+    positions: torch.Tensor,
+    blocks: torch.Tensor,
+    block_size: int,
+    n_docs: int,
+    p: float,
+) -> torch.Tensor:
+    """CART weights (`cart_weights`) of each token as the model sees its block: the clean
+    context is the prompt, every earlier block (clean) and the unmasked tokens of its own block;
+    later blocks are not seen. One virtual row per (document, block): (Σ blocks, longest doc)."""
+    real = doc_ids >= 0
+    width = int(positions[real].max()) + 1 if real.any() else 1
+    doc_masked = torch.zeros(n_docs, width, dtype=torch.bool, device=masked.device)
+    doc_masked[doc_ids[real], positions[real]] = masked[real]
+    n_blocks = torch.zeros(n_docs, dtype=torch.long, device=masked.device)
+    n_blocks.scatter_reduce_(0, doc_ids[real], blocks[real] + 1, reduce="amax")
+    first = torch.full((n_docs,), width, dtype=torch.long, device=masked.device)  # first response position
+    in_response = real & (blocks >= 0)
+    first.scatter_reduce_(0, doc_ids[in_response], positions[in_response], reduce="amin")
+    length = torch.zeros(n_docs, dtype=torch.long, device=masked.device)
+    length.scatter_reduce_(0, doc_ids[real], positions[real] + 1, reduce="amax")
+    row_start = torch.cumsum(n_blocks, 0) - n_blocks  # first virtual row of each document
+    owner = torch.repeat_interleave(torch.arange(n_docs, device=masked.device), n_blocks)
+    block = torch.arange(owner.shape[0], device=masked.device) - row_start[owner]
+    start = first[owner] + block * block_size
+    end = torch.minimum(start + block_size, length[owner])
+    cols = torch.arange(width, device=masked.device)[None, :]
+    own_block = (cols >= start[:, None]) & (cols < end[:, None])
+    clean = (cols < start[:, None]) | (own_block & ~doc_masked[owner])
+    weights = cart_weights(clean, p)
+    out = torch.zeros(masked.shape, dtype=torch.float32, device=masked.device)
+    at = in_response
+    out[at] = weights[row_start[doc_ids[at]] + blocks[at], positions[at]]
+    return out
+
+
 # --------------------------------------------------------------------------- loss
 def doc_loss_scale(supervised: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """Per-document factor on its summed token losses: 1 (÷ global supervised tokens) or
@@ -207,6 +209,28 @@ def doc_denominator(supervised: torch.Tensor, normalization: Normalization) -> t
     if normalization == "supervised":
         return supervised.to(torch.float32)
     return (supervised > 0).to(torch.float32)
+
+
+# --------------------------------------------------------------------------- complementary masks
+ROW_KEYS = ("input_ids", "attention_mask", "doc_ids", "positions", "maskable", "tail")
+DOC_KEYS = ("example_ids", "supervised")
+
+
+def complementary_pairs(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each document twice: the rows repeated below themselves, the copies' documents numbered
+    D..2D-1. Returns (the doubled batch, `complement` (2D,) bool: True for the second copies)."""
+    n_docs = batch["example_ids"].shape[0]
+    doubled = dict(batch)
+    for key in ROW_KEYS:
+        if key in batch:
+            copy = batch[key]
+            if key == "doc_ids":
+                copy = torch.where(copy >= 0, copy + n_docs, copy)
+            doubled[key] = torch.cat([batch[key], copy])
+    for key in DOC_KEYS:
+        doubled[key] = torch.cat([batch[key], batch[key]])
+    complement = torch.arange(2 * n_docs, device=batch["example_ids"].device) >= n_docs
+    return doubled, complement
 
 
 @dataclass
@@ -233,18 +257,34 @@ def add_noise(
     weighting: Weighting,
     cart_p: float,
     tail_as_one: bool,
+    complement: torch.Tensor | None = None,
+    token_t: torch.Tensor | None = None,
+    blocks: torch.Tensor | None = None,
+    block_size: int | None = None,
 ) -> NoisedBatch:
     """The forward process and its loss weights in one call (the trainer's single entry point).
 
-    `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token."""
+    `doc_t` and `doc_keys` are per document (D,); `doc_ids`/`positions` place each token. Documents
+    flagged in `complement` (D,) bool take the complement of the mask their (t, key) draws, at time
+    1 - t (see `complementary_pairs`). Block diffusion passes each token's block time `token_t`
+    (R, L; then `doc_t` is only reported) and, for CART, `blocks` and `block_size`."""
     owner = doc_ids.clamp(min=0)
-    t = doc_t[owner]
-    noisy, masked = mask_tokens(
-        input_ids, maskable, t, token_uniforms(doc_keys[owner], positions), mask_token_id
-    )
+    t = doc_t[owner] if token_t is None else token_t
+    uniforms = token_uniforms(doc_keys[owner], positions)
+    masked = maskable & (uniforms < t)
+    if complement is not None:
+        flipped = complement[owner]
+        masked = torch.where(flipped, maskable & ~masked, masked)
+        t = torch.where(flipped, 1.0 - t, t)
+        doc_t = torch.where(complement, 1.0 - doc_t, doc_t)
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     n_docs = doc_t.shape[0]
     clean = (doc_ids >= 0) & ~masked
-    weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
+    if blocks is not None and weighting == "cart":
+        assert block_size is not None, "block CART needs the block size"
+        weights = block_cart_weights(masked, doc_ids, positions, blocks, block_size, n_docs, cart_p)
+    else:
+        weights = token_weights(weighting, t, clean, doc_ids, positions, n_docs, cart_p)
     weights = weights * eos_tail_factor(masked, tail, doc_ids, n_docs, tail_as_one)
     return NoisedBatch(noisy, masked, t, weights, doc_t)
 

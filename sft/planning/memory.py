@@ -23,7 +23,9 @@
                  under bf16/fp16. The head's weight gradient counts under `gradients`.
 
 The row length L is data.max_length when the EOS tail fills rows (`eos_tail: all` / `one`), else
-max_length as the worst case of a padded batch. The total leaves out the CUDA context and allocator
+max_length as the worst case of a padded batch. Block diffusion (`diffusion.block_size`) runs rows of
+2·L ([x_t ; x_0]) and adds their (2L)² bool attention mask per row; complementary masks double the
+rows of a micro-batch. The total leaves out the CUDA context and allocator
 fragmentation: the verdict asks for 10% headroom.
 """
 
@@ -97,8 +99,9 @@ def estimate_memory(
     if engine in ("zero3", "fsdp"):
         weights = full_weights / shards + 2 * shape.layer_params() * act
 
-    length = config.data.max_length
-    tokens = args.per_device_train_batch_size * length
+    length = config.data.max_length * (2 if args.block_size else 1)  # [x_t ; x_0] rows
+    rows = args.per_device_train_batch_size * (2 if args.complementary else 1)
+    tokens = rows * length
     per_layer_token = act * (8 * shape.hidden_size + 4 * shape.kv_dim + 4 * shape.mlp.active_width)
     if config.lora is not None and config.lora.dropout > 0:  # each adapter's dropped-out input
         per_layer_token += act * (6 * shape.hidden_size + shape.mlp.active_width)
@@ -111,5 +114,8 @@ def estimate_memory(
     head = act * shape.hidden_size * (4 * tokens) + chunk * shape.vocab_size * (4 + (2 * act if half else 0))
     # the backward pass holds one layer's activation gradients beside what is saved
     full, checkpointed = full + one_layer, checkpointed + one_layer
+    if args.block_size:  # the explicit block mask, one byte per (query, key) and row
+        mask = float(rows * length * length)
+        full, checkpointed = full + mask, checkpointed + mask
     use = checkpointed if args.activation_checkpointing else full
     return MemoryEstimate(weights, grads, optim, use, head, checkpointed, full)

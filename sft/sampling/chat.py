@@ -71,6 +71,7 @@ def generate_replies(
             shift=shift,
             generator=generator,
             return_dict_in_generate=False,
+            stop_token_ids=stops,
             **sampling,
         )
         for row in sequences[:, ids.shape[1] :].tolist():

@@ -18,6 +18,10 @@ are filled too (that is how infilling works, as in Dream). One loop serves every
                            `threshold`, and at least one per step (Fast-dLLM's parallel
                            decoding); a block that is complete early ends early.
     the block's last step reveals everything left. Revealed and prompt tokens never change.
+    block_size:          block-diffusion sampling for models trained with `diffusion.block_size`
+                         (`sft.sampling.block_sampler`): the same steps and reveal rules, but each
+                         forward runs only the current block against a KV cache of the prompt and
+                         the finished blocks. `block_length` keeps LLaDA's cache-less blocks.
 
 Prompts may differ in length: they are left-padded, with attention masks and position ids so a
 padded prompt gives the same output as the prompt alone (padding is never a candidate). Logits are
@@ -32,7 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from sft.loss.objective import shift_logits
-from sft.sampling.settings import check_settings
+from sft.sampling.block_sampler import SamplerStats, block_generate
+from sft.sampling.settings import block_schedule, check_settings
 
 
 @dataclass
@@ -80,11 +85,6 @@ def sample_tokens(
     return confidence, tokens
 
 
-def block_schedule(steps: int, blocks: int) -> list[int]:
-    """Steps per block: `steps` shared out evenly, earlier blocks taking the remainder."""
-    return [steps // blocks + (b < steps % blocks) for b in range(blocks)]
-
-
 @torch.no_grad()
 def diffusion_generate(
     model: torch.nn.Module,
@@ -103,16 +103,20 @@ def diffusion_generate(
     eps: float = 1e-3,
     block_length: int | None = None,
     threshold: float | None = None,
+    block_size: int | None = None,
     output_history: bool = False,
     return_dict_in_generate: bool = True,
     generator: torch.Generator | None = None,
+    stop_token_ids: Iterable[int] = (),
+    stats: SamplerStats | None = None,
 ) -> GenerationOutput | torch.Tensor:
     """Dream-style diffusion generation for left-padded prompts (B, P).
 
     Returns a `GenerationOutput` (sequences, history) or, with `return_dict_in_generate=False`,
     just the sequences (B, P + max_new_tokens), as Dream does. (Dream's default is False; here it
     is True, which earlier callers rely on.) The sequences keep the EOS tail: cut at the first
-    stop token with `cut_at_stop` / `trim_after_eos`.
+    stop token with `cut_at_stop` / `trim_after_eos`. `stop_token_ids` lets the block sampler stop
+    once every row has one; `stats` (a `SamplerStats`) counts the forwards.
     """
     check_settings(
         max_new_tokens=max_new_tokens,
@@ -125,7 +129,39 @@ def diffusion_generate(
         eps=eps,
         block_length=block_length,
         threshold=threshold,
+        block_size=block_size,
     )
+    if block_size is not None:
+        if (input_ids == mask_token_id).any():
+            raise ValueError("block_size sampling continues a prompt; it does not fill masks inside it")
+
+        def choose_step(
+            block_ids: torch.Tensor, candidates: torch.Tensor, logits: torch.Tensor, step: int, n: int
+        ) -> torch.Tensor:
+            timesteps = torch.linspace(1, eps, n + 1)
+            confidence, tokens = sample_tokens(logits[candidates], temperature, top_p, top_k, alg, generator)
+            fraction = 1.0 if step == n - 1 else float(1 - timesteps[step + 1] / timesteps[step])
+            reveal = _choose(candidates, confidence, fraction, alg, alg_temp, threshold, generator)
+            proposal = torch.full_like(block_ids, mask_token_id)
+            proposal[candidates] = tokens
+            return torch.where(reveal, proposal, block_ids)
+
+        history = [] if output_history else None
+        x = block_generate(
+            model,
+            input_ids,
+            torch.ones_like(input_ids) if attention_mask is None else attention_mask,
+            mask_token_id=mask_token_id,
+            shift=shift,
+            max_new_tokens=max_new_tokens,
+            block_size=block_size,
+            steps=steps,
+            choose_step=choose_step,
+            stop_token_ids=tuple(stop_token_ids),
+            stats=stats,
+            history=history,
+        )
+        return GenerationOutput(x, history) if return_dict_in_generate else x
     device = input_ids.device
     batch, prompt_width = input_ids.shape
     if attention_mask is None:
@@ -147,6 +183,8 @@ def diffusion_generate(
             if not candidates.any():
                 break
             logits = model(input_ids=x, attention_mask=attention, position_ids=position_ids).logits
+            if stats is not None:
+                stats.add_forward(x.shape[1], x.shape[1])
             if shift:
                 logits = shift_logits(logits)
             confidence, tokens = sample_tokens(logits[candidates], temperature, top_p, top_k, alg, generator)
@@ -158,6 +196,8 @@ def diffusion_generate(
             x = torch.where(reveal, proposal, x)
             if history is not None:
                 history.append(x.clone())
+    if stats is not None:
+        stats.generated += max_new_tokens
     if not return_dict_in_generate:
         return x
     return GenerationOutput(x, history)

@@ -22,6 +22,7 @@ class SamplerSettings:
     eps: float = 1e-3
     block_length: int | None = None
     threshold: float | None = None
+    block_size: int | None = None
 
     def kwargs(self) -> dict[str, object]:
         return asdict(self)
@@ -47,6 +48,7 @@ def check_settings(
     eps: float,
     block_length: int | None,
     threshold: float | None,
+    block_size: int | None = None,
 ) -> None:
     if alg not in ALGORITHMS:
         raise ValueError(f"unknown alg {alg!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -66,5 +68,20 @@ def check_settings(
         blocks = max(-(-max_new_tokens // block_length), 1)
         if steps < blocks:
             raise ValueError(f"steps ({steps}) must be >= the number of blocks ({blocks})")
+    if block_size is not None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if block_length is not None:
+            raise ValueError(
+                "block_size (block diffusion, KV cache) and block_length (LLaDA's blocks) exclude each other"
+            )
+        blocks = max(-(-max_new_tokens // block_size), 1)
+        if steps < blocks:
+            raise ValueError(f"steps ({steps}) must be >= the number of blocks ({blocks})")
     if threshold is not None and alg == "origin":
         raise ValueError("threshold needs a confidence alg (maskgit_plus, topk_margin or entropy)")
+
+
+def block_schedule(steps: int, blocks: int) -> list[int]:
+    """Steps per block: `steps` shared out evenly, earlier blocks taking the remainder."""
+    return [steps // blocks + (b < steps % blocks) for b in range(blocks)]

@@ -36,7 +36,8 @@ from sft.data.collate import DiffusionCollator, pack_examples
 from sft.errors import UserError
 from sft.families.attention import attention_inputs
 from sft.families.loader import ResolvedModel
-from sft.loss import objective
+from sft.loss import noise, objective
+from sft.loss.block_diffusion import block_model_inputs, block_prediction_source
 from sft.loss.prediction_head import enable_prediction_positions
 from sft.notices import quiet_deepspeed_cpu_notice
 from sft.training.checkpoints import check_writable
@@ -49,6 +50,7 @@ from sft.training.inputs import (
     model_name,
     tokenized_examples,
 )
+from sft.training.noising import draw_noise
 from sft.training.records import ModelCardCallback, write_records
 from sft.training.stopping import continue_schedule, interrupted, stop_on_interrupt
 
@@ -122,6 +124,13 @@ class DiffusionSFTTrainer(SFTTrainer):
             **kwargs,
         )
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if args.block_size and base.config._attn_implementation == "flash_attention_2":
+            raise UserError(
+                "block diffusion needs a 4-D attention mask (noisy block ⊕ clean prefix), which "
+                "flash_attention_2 cannot take",
+                key="model.attn_implementation",
+                expected="sdpa or eager with diffusion.block_size",
+            )
         enable_prediction_positions(base)
         self.recipe, self.family = recipe, loaded.family.name
         self.add_callback(ModelCardCallback(recipe, self.family))
@@ -228,7 +237,8 @@ class DiffusionSFTTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------ global normalisation
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
-        total = sum(
+        copies = 2 if self.args.complementary else 1  # a complementary pair counts twice
+        total = copies * sum(
             objective.doc_denominator(b["supervised"], self.args.loss_normalization).sum()
             for b in batch_samples
         )
@@ -246,10 +256,33 @@ class DiffusionSFTTrainer(SFTTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> Any:
         args, training = self.args, model.training
-        ids, doc_ids = inputs["input_ids"], inputs["doc_ids"]
-        noised = self._add_noise(inputs, training)
+        complement = None
+        if training and args.complementary:  # both halves of each pair in this micro-batch
+            inputs, complement = objective.complementary_pairs(inputs)
+        ids, doc_ids, positions = inputs["input_ids"], inputs["doc_ids"], inputs["positions"]
+        blocks = None
+        if args.block_size:
+            blocks = noise.block_index(inputs["maskable"], doc_ids, positions, args.block_size)
+        noised = draw_noise(inputs, self.args, self.state.global_step, training, complement, blocks)
         rows, cols = noised.masked.nonzero(as_tuple=True)
-        source = objective.prediction_source(cols, inputs["positions"][rows, cols], args.shift)
+        config = self.accelerator.unwrap_model(model).config
+        if blocks is None:
+            source = objective.prediction_source(cols, positions[rows, cols], args.shift)
+            model_inputs = {
+                "input_ids": noised.noisy_ids,
+                **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            }
+        else:  # the row is [x_t ; x_0] (sft/loss/block_diffusion.py)
+            source = block_prediction_source(rows, cols, positions, blocks, args.shift)
+            model_inputs = block_model_inputs(
+                noised.noisy_ids,
+                ids,
+                doc_ids,
+                positions,
+                blocks,
+                config._attn_implementation,
+                self._compute_dtype(),
+            )
         denominator = None
         if training and num_items_in_batch is not None:
             # DDP/DeepSpeed average gradients over ranks; the global sum wants their total.
@@ -257,12 +290,10 @@ class DiffusionSFTTrainer(SFTTrainer):
         loss_weights = objective.masked_token_weights(
             noised, doc_ids, inputs["supervised"], args.loss_normalization, denominator
         )
-        config = self.accelerator.unwrap_model(model).config
         # the forward is patched (sft/loss/prediction_head.py): the LM head runs only at `source` and the
         # model returns Σ loss_weights · CE against `prediction_targets` there (a fused linear + CE)
         loss = model(
-            input_ids=noised.noisy_ids,
-            **attention_inputs(inputs, config._attn_implementation, self._compute_dtype()),
+            **model_inputs,
             prediction_positions=(rows, source),
             prediction_targets=ids[rows, cols],
             prediction_weights=loss_weights,
@@ -271,30 +302,6 @@ class DiffusionSFTTrainer(SFTTrainer):
         )
         self._add_noise_stats("train" if training else "eval", noised, inputs)
         return (loss, {}) if return_outputs else loss
-
-    def _add_noise(self, inputs: dict[str, torch.Tensor], training: bool) -> objective.NoisedBatch:
-        """Training draws each document's t and noise from (seed, step, example id); evaluation uses a
-        fixed t grid and seed, so eval loss is deterministic."""
-        args, docs = self.args, inputs["example_ids"]
-        if training:
-            keys = objective.example_keys(args.seed, self.state.global_step, docs)
-            t = objective.sample_t(keys, args.t_min)
-        else:
-            keys = objective.example_keys(args.eval_seed, 0, docs)
-            t = objective.grid_t(docs, args.eval_t_grid, args.t_min)
-        return objective.add_noise(
-            inputs["input_ids"],
-            inputs["maskable"],
-            inputs["tail"],
-            inputs["doc_ids"],
-            inputs["positions"],
-            t,
-            keys,
-            mask_token_id=args.mask_token_id,
-            weighting=args.weighting,
-            cart_p=args.cart_p,
-            tail_as_one=args.eos_tail == "one",
-        )
 
     def _compute_dtype(self) -> torch.dtype:
         if self.args.bf16:

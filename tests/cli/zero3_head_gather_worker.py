@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 import sft.training.trainer
 from sft.loss.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
+from sft.training.noising import draw_noise
 from sft.training.run import build_trainer
 
 CHUNK = 8
@@ -83,7 +84,9 @@ def main(recipe: str, mode: str = "once") -> None:
 
     def compute_loss(model, inputs, *args, **kwargs):
         counts["micro_batches"] += 1
-        counts["chunks"] += -(-int(trainer._add_noise(inputs, True).masked.sum()) // CHUNK)
+        counts["chunks"] += -(
+            -int(draw_noise(inputs, trainer.args, trainer.state.global_step, True).masked.sum()) // CHUNK
+        )
         if mode == "overlap":
             real_compute_loss(model, inputs, *args, **kwargs)  # dropped: never backpropagated
             first = real_compute_loss(model, inputs, *args, **kwargs)

@@ -17,7 +17,7 @@ from sft.data.sources import load_chat_rows
 from sft.data.tokenization import tokenize_dataset
 from sft.families.attention import TORCH_VARLEN, attention_inputs
 from sft.families.loader import load_model
-from sft.loss import objective
+from sft.loss import noise, objective
 from sft.recipe import build_run_config
 from sft.training.run import build_trainer
 from tests.conftest import recipe_dict
@@ -133,8 +133,8 @@ def device_batch(examples, collator, rows: int = 4) -> dict[str, torch.Tensor]:
 
 def weighted_token_losses(model, batch, implementation, weighting="cart", tail_as_one=False):
     """Each masked token's weighted CE and its document, computed as the trainer does."""
-    keys = objective.example_keys(0, 7, batch["example_ids"])
-    t = objective.sample_t(keys, 1e-3)
+    keys = noise.example_keys(0, 7, batch["example_ids"])
+    t = noise.sample_t(keys, 1e-3)
     noised = objective.add_noise(
         batch["input_ids"],
         batch["maskable"],

@@ -81,6 +81,10 @@ def test_generate_options_blocks_threshold_and_sampling_run(trained, capsys):
     assert main([*common, "--block-length", "4", "--steps", "4", "--alg", "entropy"]) == 0
     assert main([*common, "--threshold", "0.5", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3"]) == 0
     assert main([*common, "--raw"]) == 0
+    assert main([*common, "--block-size", "4", "--steps", "2", "--threshold", "0.9"]) == 0  # KV-cache blocks
+    capsys.readouterr()
+    assert main([*common, "--block-size", "4", "--block-length", "4"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_generate_works_on_a_lora_adapter_checkpoint(tmp_path, capsys):

@@ -31,5 +31,7 @@ def test_planning_comparison_quick_mode_prints_both_sides_at_both_budgets(tmp_pa
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["budgets"]) == {"2", "3"}
     swept, later = results["budgets"]["2"]["diffusion"], results["budgets"]["3"]["diffusion"]
-    assert len(swept) == 2 and len(later) == 1 and set(later) <= set(swept)  # the best one goes on
+    # the best plain setting goes on, and the block-diffusion side runs at both budgets
+    assert len(swept) == 3 and len(later) == 2 and set(later) <= set(swept)
+    assert "block=4 tail=first_n(4) inv_t" in later
     assert all(len(run["accuracy"]) == 4 for run in swept.values())  # every decoder scored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft.loss import objective
+from sft.loss import noise, objective
 
 pytestmark = pytest.mark.smoke  # in `make test-min`
 
@@ -57,10 +57,10 @@ def test_prompt_tokens_are_never_masked_over_many_draws():
     maskable = torch.zeros(64, 20, dtype=torch.bool)
     maskable[:, 8:] = True
     for step in range(50):
-        keys = objective.example_keys(0, step, torch.arange(64))
-        t = objective.sample_t(keys, 1e-3)
-        u = objective.token_uniforms(keys[:, None], torch.arange(20))
-        noisy, masked = objective.mask_tokens(ids, maskable, t[:, None], u, mask_token_id=99)
+        keys = noise.example_keys(0, step, torch.arange(64))
+        t = noise.sample_t(keys, 1e-3)
+        u = noise.token_uniforms(keys[:, None], torch.arange(20))
+        noisy, masked = noise.mask_tokens(ids, maskable, t[:, None], u, mask_token_id=99)
         assert not masked[:, :8].any()
         assert torch.equal(noisy[:, :8], ids[:, :8])
         assert torch.equal(noisy[masked], torch.full_like(noisy[masked], 99))
@@ -68,10 +68,10 @@ def test_prompt_tokens_are_never_masked_over_many_draws():
 
 
 def test_mask_rate_follows_t():
-    keys = objective.example_keys(1, 0, torch.arange(4))
+    keys = noise.example_keys(1, 0, torch.arange(4))
     t = torch.tensor([0.0, 0.25, 0.75, 1.0])
-    u = objective.token_uniforms(keys[:, None], torch.arange(4000))
-    _, masked = objective.mask_tokens(
+    u = noise.token_uniforms(keys[:, None], torch.arange(4000))
+    _, masked = noise.mask_tokens(
         torch.zeros(4, 4000, dtype=torch.long), torch.ones(4, 4000, dtype=torch.bool), t[:, None], u, 1
     )
     rates = masked.float().mean(1)
@@ -81,20 +81,20 @@ def test_mask_rate_follows_t():
 
 
 def test_sample_t_respects_t_min_and_is_uniform():
-    t = objective.sample_t(objective.example_keys(0, 0, torch.arange(20000)), 0.2)
+    t = noise.sample_t(noise.example_keys(0, 0, torch.arange(20000)), 0.2)
     assert t.min() >= 0.2 and t.max() < 1.0
     assert t.mean().item() == pytest.approx(0.6, abs=0.01)
 
 
 def test_noise_of_an_example_depends_only_on_seed_step_id_and_position():
     ids = torch.tensor([5, 9, 2, 7])
-    keys = objective.example_keys(3, 11, ids)
-    alone = objective.example_keys(3, 11, ids[2:3])
+    keys = noise.example_keys(3, 11, ids)
+    alone = noise.example_keys(3, 11, ids[2:3])
     assert keys[2] == alone[0]
-    u_full = objective.token_uniforms(keys[:, None], torch.arange(30))
-    u_short = objective.token_uniforms(alone[:, None], torch.arange(10))
+    u_full = noise.token_uniforms(keys[:, None], torch.arange(30))
+    u_short = noise.token_uniforms(alone[:, None], torch.arange(10))
     assert torch.equal(u_full[2, :10], u_short[0])
-    assert not torch.equal(objective.example_keys(3, 12, ids), keys)  # a new step, new noise
+    assert not torch.equal(noise.example_keys(3, 12, ids), keys)  # a new step, new noise
 
 
 def test_shift_aligns_logits_of_position_i_minus_1_with_token_i():
@@ -154,5 +154,5 @@ def test_normalization_denominators():
 
 
 def test_grid_t_is_deterministic_and_covers_the_grid():
-    t = objective.grid_t(torch.arange(8), 4, 0.0)
+    t = noise.grid_t(torch.arange(8), 4, 0.0)
     assert t.tolist() == [0.125, 0.375, 0.625, 0.875] * 2

@@ -17,6 +17,7 @@ from sft.families.loader import load_model
 from sft.loss import objective
 from sft.loss.prediction_head import enable_prediction_positions
 from sft.recipe import build_run_config
+from sft.training.noising import draw_noise
 from sft.training.run import build_model, build_trainer
 from tests.conftest import recipe_dict, sort_rows, tiny_qwen2_config, write_chat_rows
 
@@ -47,7 +48,7 @@ def batch_for(trainer, eos_tail="first_n", rows=6):
 def full_logits_loss(trainer, batch):
     """The loss written out on the full B×L×V logits of the model's own forward."""
     args, model = trainer.args, trainer.model
-    noised = trainer._add_noise(batch, training=True)
+    noised = draw_noise(batch, trainer.args, trainer.state.global_step, True)
     logits = model(input_ids=noised.noisy_ids, **attention_inputs(batch, "sdpa", torch.float32)).logits
     logits = objective.shift_logits(logits) if args.shift else logits
     ce = F.cross_entropy(logits.float().transpose(1, 2), batch["input_ids"], reduction="none")
@@ -96,7 +97,7 @@ def test_without_prediction_positions_the_forward_is_the_models_own(qwen2_dir):
 def test_fused_loss_and_gradients_equal_the_full_logits_ones(trainer, weighting, eos_tail):
     trainer.args.weighting = weighting
     batch = batch_for(trainer, eos_tail)
-    masked = trainer._add_noise(batch, training=True).masked.sum()
+    masked = draw_noise(batch, trainer.args, trainer.state.global_step, True).masked.sum()
     assert masked > CHUNK and masked % CHUNK != 0  # several chunks, the last one partial
     for normalization in ("supervised", "sequence"):
         trainer.args.loss_normalization = normalization

@@ -56,6 +56,24 @@ def test_sharding_and_lora_shrink_the_per_gpu_memory(monkeypatch):
     assert lora.total_with(True) < lora.total_with(False)
 
 
+def test_block_diffusion_and_complementary_pairs_are_planned_with_their_longer_rows(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+    def memory(*overrides: str):
+        config = load_recipe("recipes/dream-7b/sft_full.yaml", list(overrides), require_data=False)
+        return make_plan(config).memory
+
+    plain = memory()
+    block = memory("diffusion.block_size=32")
+    pairs = memory("diffusion.complementary=true")
+    config = load_recipe("recipes/dream-7b/sft_full.yaml", require_data=False)
+    rows, length = config.training.per_device_train_batch_size, 2 * config.data.max_length
+    # [x_t ; x_0] doubles every per-token term and adds a (2L)^2 byte mask per row
+    assert block.activations_full == pytest.approx(2 * plain.activations_full + rows * length**2, rel=1e-9)
+    assert pairs.activations_full == pytest.approx(2 * plain.activations_full, rel=1e-9)
+    assert block.weights == plain.weights and block.optimizer == plain.optimizer
+
+
 def test_known_shapes_match_the_published_parameter_counts():
     assert model_shape("Dream-org/Dream-v0-Base-7B")[0].params() == pytest.approx(7.62e9, rel=0.01)
     assert model_shape("GSAI-ML/LLaDA-8B-Base")[0].params() == pytest.approx(8.02e9, rel=0.01)

@@ -10,12 +10,11 @@ from sft.config import ModelSettings
 from sft.families.loader import load_model
 from sft.sampling.sampler import (
     GenerationOutput,
-    block_schedule,
     diffusion_generate,
     infill,
     trim_after_eos,
 )
-from sft.sampling.settings import SamplerSettings
+from sft.sampling.settings import SamplerSettings, block_schedule
 
 MASK = 3
 PROMPT = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])

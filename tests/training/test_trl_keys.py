@@ -19,8 +19,6 @@ from trl import SFTConfig
 from sft.config import (
     DIFFUSION_FIELDS,
     FAMILY_FIELDS,
-    REFUSED_TRAINING_KEYS,
-    SCRIPT_KEYS,
     DiffusionSFTConfig,
 )
 from sft.data.sources import load_chat_rows
@@ -28,6 +26,7 @@ from sft.data.splits import prepare_data
 from sft.errors import UserError
 from sft.recipe import SECRET_FIELDS, build_run_config, load_recipe
 from sft.training.run import build_trainer
+from sft.trl_keys import REFUSED_TRAINING_KEYS, SCRIPT_KEYS
 from tests.conftest import QUICKSTART_MODEL, REPO, recipe_dict
 
 HINTS = typing.get_type_hints(DiffusionSFTConfig)
