@@ -60,13 +60,7 @@ def load_chat_rows(
         loaded = _dataset(item)
         if loaded is not None:
             dataset, name = loaded
-            columns = [c for c in ("messages", "prompt", "completion") if c in dataset.column_names]
-            if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
-                raise UserError(
-                    f"no conversation columns (has {', '.join(dataset.column_names)})",
-                    file=name,
-                    expected="a 'messages' column or 'prompt' and 'completion'",
-                )
+            columns = conversation_columns(dataset, file=name)
             extra = [c for c in extra_columns if c in dataset.column_names]
             parts.append(dataset.select_columns(columns + extra))
             continue
@@ -76,6 +70,22 @@ def load_chat_rows(
             raise UserError("empty data file", file=empty[0], expected="chat rows")
         parts.append(_checked_rows(files, tuple(extra_columns)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def conversation_columns(
+    dataset: datasets.Dataset, file: str | None = None, key: str | None = None
+) -> list[str]:
+    """The conversation columns of a Dataset (`messages`, or `prompt` and `completion`); a UserError
+    naming `file`/`key` when it has neither."""
+    columns = [c for c in ("messages", "prompt", "completion") if c in dataset.column_names]
+    if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
+        raise UserError(
+            f"no conversation columns (has {', '.join(dataset.column_names)})",
+            file=file,
+            key=key,
+            expected="a 'messages' column or 'prompt' and 'completion'",
+        )
+    return columns
 
 
 def is_dataset_id(text: str) -> bool:

@@ -14,6 +14,7 @@ from peft import LoraConfig, PeftConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import FAMILY_FIELDS, DataSettings, DiffusionSFTConfig, LoraSettings, ModelSettings, RunConfig
+from sft.data.sources import conversation_columns
 from sft.data.splits import require_chat_template, tokenize_split
 from sft.errors import UserError
 from sft.families import known_checkpoints
@@ -142,13 +143,7 @@ def tokenized_examples(
         return rows.add_column("example_id", np.arange(len(rows)))
     if not isinstance(rows, datasets.Dataset):
         raise UserError(f"got {type(rows).__name__}", key=key, expected="a datasets.Dataset of chat rows")
-    columns = [c for c in ("messages", "prompt", "completion") if c in rows.column_names]
-    if "messages" not in columns and not {"prompt", "completion"} <= set(columns):
-        raise UserError(
-            f"no conversation columns (has {', '.join(rows.column_names)})",
-            key=key,
-            expected="a 'messages' column or 'prompt' and 'completion'",
-        )
+    conversation_columns(rows, key=key)
     require_chat_template(tokenizer, str(tokenizer.name_or_path), "processing_class")
     split = tokenize_split(rows, tokenizer, settings, eos_token_id, key, file, key)
     return split.dataset
