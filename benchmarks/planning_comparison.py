@@ -62,6 +62,18 @@ OBJECTIVES = {
         "diffusion.eos_tail": "first_n",
         "diffusion.eos_tail_n": 4,
     },
+    "block=4 tail=first_n(4) inv_t t_min=0.2": {
+        "diffusion.block_size": 4,
+        "diffusion.eos_tail": "first_n",
+        "diffusion.eos_tail_n": 4,
+        "diffusion.t_min": 0.2,
+    },
+    "block=row tail=first_n(4) inv_t t_min=0.2": {
+        "diffusion.block_size": "row",
+        "diffusion.eos_tail": "first_n",
+        "diffusion.eos_tail_n": 4,
+        "diffusion.t_min": 0.2,
+    },
     "complementary tail=first_n(4) inv_t t_min=0.2": {
         "diffusion.complementary": True,
         "diffusion.eos_tail": "first_n",
@@ -72,12 +84,12 @@ OBJECTIVES = {
 """Objective settings swept at the first budget; the best one runs at the others (and `SIDES` at all).
 `block_size: row` is one row of the reference answer in tokens (its first line and newline)."""
 SIDES = (
-    "block=4 tail=first_n(4) inv_t",
-    "block=row tail=first_n(4) inv_t",
+    "block=4 tail=first_n(4) inv_t t_min=0.2",
+    "block=row tail=first_n(4) inv_t t_min=0.2",
     "complementary tail=first_n(4) inv_t t_min=0.2",
 )
 """Settings that run at every budget (issue 22: block diffusion and complementary masks as sides)."""
-QUICK_OBJECTIVES = ("tail=all inv_t", "tail=first_n(4) inv_t", "block=4 tail=first_n(4) inv_t")
+QUICK_OBJECTIVES = ("tail=all inv_t", "tail=first_n(4) inv_t", "block=4 tail=first_n(4) inv_t t_min=0.2")
 DECODERS = {
     "maskgit_plus, 1 token/step": {"alg": "maskgit_plus"},
     "entropy, 1 token/step": {"alg": "entropy"},

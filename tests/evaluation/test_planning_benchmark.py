@@ -33,5 +33,5 @@ def test_planning_comparison_quick_mode_prints_both_sides_at_both_budgets(tmp_pa
     swept, later = results["budgets"]["2"]["diffusion"], results["budgets"]["3"]["diffusion"]
     # the best plain setting goes on, and the block-diffusion side runs at both budgets
     assert len(swept) == 3 and len(later) == 2 and set(later) <= set(swept)
-    assert "block=4 tail=first_n(4) inv_t" in later
+    assert "block=4 tail=first_n(4) inv_t t_min=0.2" in later
     assert all(len(run["accuracy"]) == 4 for run in swept.values())  # every decoder scored
