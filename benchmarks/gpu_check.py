@@ -24,6 +24,10 @@ throughput     a Qwen2.5-0.5B-shaped body (hidden 896, 24 layers, 14 heads / 2 K
 baseline       the same rows through a plain AR SFT step of the same model (causal, every logit,
                transformers' loss: what TRL users run): tokens/s, MFU, peak memory, and the
                diffusion/AR tokens/s ratio
+block          block diffusion (`diffusion.block_size`, packed rows of 1,024 tokens, B = 16, the probe
+               model): the trainer's loss and gradients through flex-attention's BlockMask (what
+               `auto` takes on CUDA) against SDPA's dense (2L)² mask, and a step's time under each;
+               under --smoke the loss only (flex-attention has no backward pass on the CPU)
 e2e            `dlm-sft train --accelerate ddp` (1 process on a GPU; 2 gloo processes on --smoke) of a
                tiny Dream-layout checkpoint with packed rows, then `dlm-sft export` and `dlm-sft generate`
 
@@ -416,6 +420,64 @@ def plan_estimate_gib(model, args: DiffusionSFTConfig, sizes: Sizes, attn: str) 
     return estimate_memory(run, shape_from_config(model.config.to_dict()), "ddp", 1).total / 2**30
 
 
+# ------------------------------------------------------------------------------ block diffusion
+def check_block(sizes: Sizes, device: str, workdir: Path) -> tuple[str, bool]:
+    """Block diffusion's [x_t ; x_0] rows (packed): the trainer's loss and gradients with
+    flex-attention's BlockMask (what `auto` takes on CUDA) against SDPA's dense mask, and the time of
+    a forward + backward under each (the second call: the first compiles flex-attention). Under
+    --smoke the loss only: flex-attention has no backward pass on the CPU."""
+    model = qwen2(sizes.probe, 4, "sdpa", device)
+    vocab, max_length, block = model.config.vocab_size, sizes.max_length // 4, max(sizes.max_length // 256, 4)
+    args = DiffusionSFTConfig(
+        output_dir=str(workdir / "block"),
+        report_to=[],
+        bf16=True,
+        use_cpu=device == "cpu",
+        eos_tail="first_n",
+        eos_tail_n=4,
+        block_size=block,
+        mask_token_id=vocab - 2,
+        activation_checkpointing=False,
+        per_device_train_batch_size=2,
+        max_length=max_length,
+    )
+    docs = random_documents(np.random.default_rng(1), 4 * max_length, max_length, vocab - 1)
+    collator = DiffusionCollator.from_args(args, vocab - 1, max_length, docs)
+    rows = pack_examples(docs, collator)
+    model.config.mask_token_id = args.mask_token_id
+    tokenizer = AutoTokenizer.from_pretrained(QUICKSTART_MODEL)
+    trainer = DiffusionSFTTrainer(
+        model, args, data_collator=collator, train_dataset=rows, processing_class=tokenizer
+    )
+    batch = {k: v.to(device) for k, v in collator([rows[0], rows[1]]).items()}
+    model.train()
+    runs = {}
+    for attn in ("sdpa", "flex_attention"):
+        model.set_attn_implementation(attn)
+        with torch.set_grad_enabled(device == "cuda"):
+            for _ in range(2):
+                model.zero_grad(set_to_none=True)
+                synchronize(device)
+                start = time.perf_counter()
+                loss = trainer.compute_loss(model, batch)
+                if loss.requires_grad:
+                    loss.backward()
+                synchronize(device)
+                milliseconds = 1000 * (time.perf_counter() - start)
+        grads = [p.grad.flatten().float() for p in model.parameters() if p.grad is not None]
+        runs[attn] = (loss.detach().float(), torch.cat(grads) if grads else None, milliseconds)
+    (loss_dense, grad_dense, ms_dense), (loss_flex, grad_flex, ms_flex) = runs.values()
+    loss_error = relative(loss_flex, loss_dense)
+    grad_error = relative(grad_flex, grad_dense) if grad_dense is not None else float("nan")
+    ok = loss_error <= HIDDEN_TOLERANCE and (grad_dense is None or grad_error <= GRAD_TOLERANCE)
+    return (
+        f"block flex_attention_vs_sdpa block_size={block} rows=2x{batch['input_ids'].shape[1]}x2 "
+        f"loss_err={loss_error:.1e} grad_err={grad_error:.1e} "
+        f"step_ms flex={ms_flex:.0f} sdpa_dense={ms_dense:.0f}",
+        ok,
+    )
+
+
 # ----------------------------------------------------------------------------------- e2e
 def dream_layout_checkpoint(directory: Path) -> Path:
     """A tiny Dream release-layout checkpoint: a bidirectional Qwen2 body under Dream's config keys."""
@@ -543,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = (
             lambda: check_probes(sizes, attns, device),
             lambda: check_throughput(sizes, device, gpu, Path(tmp)),
+            lambda: [check_block(sizes, device, Path(tmp))],
             lambda: [check_e2e(sizes, device, Path(tmp))],
         )
         for check in checks:

@@ -90,10 +90,12 @@ class DiffusionSFTConfig(SFTConfig):
         t and is masked with it; the model predicts a masked token from its noisy block
         (bidirectional) and the *clean* prompt and clean earlier blocks (the conditional of
         block-by-block sampling with a KV cache; `sampling.block_size` / `--block-size`). One
-        forward per row of twice the length, [x_t ; x_0], with a 4-D block mask (sdpa or eager;
-        flash_attention_2 is refused), so memory and compute per row double. Weightings,
-        normalisation, EOS-tail policies, complementary masks and packing work as without
-        blocks; CART counts as context only what the block sees. None: full-sequence diffusion.
+        forward per row of twice the length, [x_t ; x_0], under a block mask (`auto`:
+        flex-attention's sparse BlockMask on CUDA, SDPA's dense mask elsewhere; eager may be
+        named; flash_attention_2 and torch_varlen are refused), so memory and compute per row
+        double. Weightings, normalisation, EOS-tail policies, complementary masks and packing
+        work as without blocks; CART counts as context only what the block sees. None:
+        full-sequence diffusion.
     eval_t_grid (`int`, defaults to 8):
         Evaluation draws t from a fixed grid of this many points (example k gets cell k mod n)
         and its masks from `eval_seed`, so eval loss is deterministic.
@@ -212,7 +214,8 @@ class ModelSettings:
     attn_implementation: `auto` (default: flash-attn when installed, else torch's own varlen
         FlashAttention `torch_varlen` on CUDA, else SDPA), `sdpa`, `eager`, `flash_attention_2` or
         `torch_varlen` (each falls back to SDPA with a warning when unavailable; see
-        `sft/attention.py`), or `flex_attention` (padded batches only: it ignores packed boundaries).
+        `sft/families/attention.py`), or `flex_attention` (padded batches only: it ignores packed
+        boundaries; with `diffusion.block_size` it takes the block mask, which `auto` picks on CUDA).
     mask_token: the mask token's text, used when the config has no `mask_token_id`.
     """
 

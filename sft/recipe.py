@@ -161,7 +161,8 @@ def build_run_config(raw: dict[str, Any], file: str = "<recipe>") -> RunConfig:
             key="data.batching",
             expected="diffusion.eos_tail first_n or none, or pad",
         )
-    if data.batching == "pack" and model.attn_implementation not in ("auto", "eager", *PACKED_VARLEN):
+    unseparated = model.attn_implementation not in ("auto", "eager", *PACKED_VARLEN)
+    if data.batching == "pack" and unseparated and not training.block_size:  # blocks bring their mask
         raise UserError(
             f"{model.attn_implementation!r} attention ignores packed document boundaries",
             file=file,

@@ -21,7 +21,8 @@ Where the varlen keywords are given they alone say which tokens attend to which 
 e.g. an AR baseline) describes the same documents and is not used.
 
 Any other implementation (e.g. `flex_attention`, which ignores the varlen keywords) would let packed
-documents attend to each other: packed rows under it are a `UserError`.
+documents attend to each other: packed rows under it are a `UserError`. Block diffusion builds its
+own mask over packed documents (`block_diffusion_attention` picks the implementation).
 `model.attn_implementation: auto` picks flash-attn, else `torch_varlen` on CUDA, else SDPA
 (`resolve_attn_implementation`).
 """
@@ -219,6 +220,29 @@ def resolve_attn_implementation(requested: str) -> str:
         warnings.warn("torch_varlen needs CUDA and torch >= 2.10; using SDPA", stacklevel=2)
         return "sdpa"
     return requested
+
+
+def block_diffusion_attention(requested: str, loaded: str, device: torch.device) -> str:
+    """The attention of a block-diffusion run, whose [x_t ; x_0] row needs the mask of
+    `sft.loss.block_diffusion`: with `auto` (`requested`) flex-attention's sparse block mask on
+    CUDA, SDPA's dense one elsewhere; else the `loaded` implementation, where it can take that
+    mask and train on `device` (flex-attention has no backward pass on the CPU)."""
+    if requested == "auto":
+        return "flex_attention" if device.type == "cuda" else "sdpa"
+    if loaded in ("flash_attention_2", TORCH_VARLEN):
+        raise UserError(
+            f"block diffusion needs an attention mask (noisy block ⊕ clean prefix), which {loaded} "
+            "cannot take",
+            key="model.attn_implementation",
+            expected="auto, flex_attention, sdpa or eager with diffusion.block_size",
+        )
+    if loaded == "flex_attention" and device.type == "cpu":
+        raise UserError(
+            "flex_attention has no backward pass on the CPU",
+            key="model.attn_implementation",
+            expected="auto, sdpa or eager on the CPU",
+        )
+    return loaded
 
 
 AttentionInterface.register("sdpa", segmented_sdpa_attention)

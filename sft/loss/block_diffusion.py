@@ -13,32 +13,70 @@ x_0, both with the same position ids, under the mask
     x_t query of block b:  x_t keys of block b (block-diagonal)  and  x_0 keys of blocks < b
     x_0 query of block b:  x_0 keys of blocks <= b (block-causal; the prompt is one block)
 
-within its document only (packed rows), padding attending only to itself. A clean block's states
-therefore depend only on the clean text up to its end — exactly what a KV cache built block by
-block holds. With the shift of AR-initialised families (position i-1 predicts token i), the first
-token of a block is predicted from the x_0 copy of the token before it (the last token of the
-previous clean block or of the prompt), the others from x_t; without shift, from x_t itself.
+within its document only (packed rows), padding attending only to itself: a dense (2L)² mask per
+row for SDPA and eager, a sparse `BlockMask` of the same rule for flex-attention (`auto` on CUDA).
+A clean block's states therefore depend only on the clean text up to its end — exactly what a KV
+cache built block by block holds. With the shift of AR-initialised families (position i-1 predicts
+token i), the first token of a block is predicted from the x_0 copy of the token before it (the
+last token of the previous clean block or of the prompt), the others from x_t; without shift, from
+x_t itself.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+
+def may_attend(
+    q_doc: torch.Tensor,
+    k_doc: torch.Tensor,
+    q_block: torch.Tensor,
+    k_block: torch.Tensor,
+    q_clean: torch.Tensor,
+    k_clean: torch.Tensor,
+    same_position: torch.Tensor,
+) -> torch.Tensor:
+    """The mask rule of the module docstring for a query and a key of the [x_t ; x_0] row: their
+    documents, blocks, halves (clean = x_0) and whether they are one position. Elementwise, so it
+    serves both the dense mask (broadcast tensors) and flex-attention's `mask_mod` (indices)."""
+    same_doc = (q_doc == k_doc) & (q_doc >= 0)
+    noisy_query = ~q_clean & ((~k_clean & (k_block == q_block)) | (k_clean & (k_block < q_block)))
+    clean_query = q_clean & k_clean & (k_block <= q_block)
+    return (same_doc & (noisy_query | clean_query)) | ((q_doc < 0) & same_position)
 
 
 def block_attention_mask(doc_ids: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """The (R, 2L, 2L) bool mask of the module docstring over [x_t ; x_0] (True = may attend)."""
     doc = torch.cat([doc_ids, doc_ids], dim=1)
     block = torch.cat([blocks, blocks], dim=1)
+    index = torch.arange(doc.shape[1], device=doc_ids.device)
+    clean = index >= doc_ids.shape[1]
+    return may_attend(
+        doc[:, :, None],
+        doc[:, None, :],
+        block[:, :, None],
+        block[:, None, :],
+        clean[None, :, None],
+        clean[None, None, :],
+        index[None, :, None] == index[None, None, :],
+    )
+
+
+def block_flex_mask(doc_ids: torch.Tensor, blocks: torch.Tensor) -> BlockMask:
+    """The same mask as flex-attention's sparse `BlockMask`: tiles of the (2L)² grid that no query
+    may attend are skipped, and no dense mask is materialised on CUDA (the mask is compiled there)."""
+    doc = torch.cat([doc_ids, doc_ids], dim=1)
+    block = torch.cat([blocks, blocks], dim=1)
     width = doc_ids.shape[1]
-    clean = torch.arange(2 * width, device=doc_ids.device) >= width
-    q_doc, k_doc = doc[:, :, None], doc[:, None, :]
-    q_block, k_block = block[:, :, None], block[:, None, :]
-    q_clean, k_clean = clean[None, :, None], clean[None, None, :]
-    same_doc = (q_doc == k_doc) & (q_doc >= 0)
-    noisy_query = ~q_clean & ((~k_clean & (k_block == q_block)) | (k_clean & (k_block < q_block)))
-    clean_query = q_clean & k_clean & (k_block <= q_block)
-    padding = (q_doc < 0) & torch.eye(2 * width, dtype=torch.bool, device=doc_ids.device)[None]
-    return (same_doc & (noisy_query | clean_query)) | padding
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return may_attend(doc[b, q], doc[b, k], block[b, q], block[b, k], q >= width, k >= width, q == k)
+
+    rows, length = doc.shape
+    return create_block_mask(
+        mask_mod, rows, None, length, length, device=doc.device, _compile=doc.device.type == "cuda"
+    )
 
 
 def block_model_inputs(
@@ -49,16 +87,19 @@ def block_model_inputs(
     blocks: torch.Tensor,
     attn_implementation: str,
     dtype: torch.dtype,
-) -> dict[str, torch.Tensor]:
-    """`input_ids`, `position_ids` and the 4-D `attention_mask` of the [x_t ; x_0] row: bool for SDPA,
-    additive (0 / dtype min) for eager. Flash attention cannot take this mask (refused upstream)."""
-    allowed = block_attention_mask(doc_ids, blocks)[:, None]
-    if attn_implementation == "eager":
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )
+) -> dict[str, torch.Tensor | BlockMask]:
+    """`input_ids`, `position_ids` and the attention mask of the [x_t ; x_0] row: a `BlockMask` for
+    flex-attention, else 4-D, bool for SDPA, additive (0 / dtype min) for eager. Flash-attn and
+    torch_varlen take no such mask (`sft.families.attention.block_diffusion_attention` refuses them)."""
+    if attn_implementation == "flex_attention":
+        mask = block_flex_mask(doc_ids, blocks)
     else:
+        allowed = block_attention_mask(doc_ids, blocks)[:, None]
         mask = allowed
+        if attn_implementation == "eager":
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
     return {
         "input_ids": torch.cat([noisy_ids, clean_ids], dim=1),
         "position_ids": torch.cat([positions, positions], dim=1),

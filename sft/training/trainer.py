@@ -34,7 +34,7 @@ from trl import SFTTrainer
 from sft.config import DiffusionSFTConfig, RunConfig
 from sft.data.collate import DiffusionCollator, pack_examples
 from sft.errors import UserError
-from sft.families.attention import attention_inputs
+from sft.families.attention import attention_inputs, block_diffusion_attention
 from sft.families.loader import ResolvedModel
 from sft.loss import noise, objective
 from sft.loss.block_diffusion import block_model_inputs, block_prediction_source
@@ -124,13 +124,11 @@ class DiffusionSFTTrainer(SFTTrainer):
             **kwargs,
         )
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        if args.block_size and base.config._attn_implementation == "flash_attention_2":
-            raise UserError(
-                "block diffusion needs a 4-D attention mask (noisy block ⊕ clean prefix), which "
-                "flash_attention_2 cannot take",
-                key="model.attn_implementation",
-                expected="sdpa or eager with diffusion.block_size",
-            )
+        if args.block_size:
+            loaded_attn = base.config._attn_implementation
+            attn = block_diffusion_attention(recipe.model.attn_implementation, loaded_attn, args.device)
+            if attn != loaded_attn:
+                base.set_attn_implementation(attn)
         enable_prediction_positions(base)
         self.recipe, self.family = recipe, loaded.family.name
         self.add_callback(ModelCardCallback(recipe, self.family))

@@ -16,6 +16,7 @@ from sft.families import attention
 from sft.families.attention import (
     TORCH_VARLEN,
     attention_inputs,
+    block_diffusion_attention,
     resolve_attn_implementation,
     segmented_sdpa_attention,
     torch_varlen_attention,
@@ -252,6 +253,28 @@ def test_a_packing_recipe_naming_flex_attention_is_a_one_line_error(qwen2_dir, c
         build_run_config(raw)
     raw["data"]["batching"] = "pad"
     assert build_run_config(raw).model.attn_implementation == "flex_attention"
+
+
+def test_a_block_diffusion_recipe_may_pack_under_flex_attention(qwen2_dir, chat_file, tmp_path):
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "run")
+    raw["data"]["batching"] = "pack"
+    raw["model"]["attn_implementation"] = "flex_attention"
+    raw["diffusion"]["block_size"] = 4  # its BlockMask keeps packed documents apart
+    assert build_run_config(raw).model.attn_implementation == "flex_attention"
+
+
+def test_block_diffusion_takes_flex_attention_on_cuda_and_sdpa_on_the_cpu_under_auto():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert block_diffusion_attention("auto", TORCH_VARLEN, cuda) == "flex_attention"
+    assert block_diffusion_attention("auto", "flash_attention_2", cuda) == "flex_attention"
+    assert block_diffusion_attention("auto", "sdpa", cpu) == "sdpa"
+    for named in ("sdpa", "eager", "flex_attention"):
+        assert block_diffusion_attention(named, named, cuda) == named
+    for named in ("flash_attention_2", TORCH_VARLEN):
+        with pytest.raises(UserError, match=f"which {named} cannot take"):
+            block_diffusion_attention(named, named, cuda)
+    with pytest.raises(UserError, match="flex_attention has no backward pass on the CPU"):
+        block_diffusion_attention("flex_attention", "flex_attention", cpu)
 
 
 def test_auto_picks_flash_attn_then_torch_varlen_on_cuda_and_sdpa_elsewhere(monkeypatch):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_mask
 from transformers import DynamicCache
 
+from sft.errors import UserError
 from sft.loss import noise, objective
-from sft.loss.block_diffusion import block_attention_mask, block_prediction_source
+from sft.loss.block_diffusion import block_attention_mask, block_flex_mask, block_prediction_source
 from sft.recipe import build_run_config
 from sft.training.noising import draw_noise
 from sft.training.run import build_trainer
@@ -42,6 +44,20 @@ def test_block_mask_is_block_diagonal_on_x_t_offset_causal_to_x_0_and_block_caus
     two_docs = block_attention_mask(torch.tensor([[0, 0, 1, 1, -1]]), torch.tensor([[-1, 0, -1, 0, -1]]))[0]
     assert not two_docs[1, 2:5].any() and not two_docs[1, 7:10].any()  # documents never meet
     assert two_docs[4].nonzero().flatten().tolist() == [4] and two_docs[9].nonzero().flatten().tolist() == [9]
+
+
+def test_flex_block_mask_allows_exactly_the_dense_masks_entries():
+    # two packed rows with documents of different prompt and response lengths, and padding
+    doc_ids = torch.tensor([[0] * 7 + [1] * 4 + [-1], [2] * 5 + [3] * 5 + [-1] * 2])
+    positions = torch.tensor([[*range(7), *range(4), 0], [*range(5), *range(5), 0, 0]])
+    maskable = torch.tensor(
+        [[0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0]], dtype=torch.bool
+    )
+    blocks = noise.block_index(maskable, doc_ids, positions, 2)
+    sparse = block_flex_mask(doc_ids, blocks)
+    assert sparse.shape == (2, 1, 24, 24)
+    dense = create_mask(sparse.mask_mod, 2, 1, 24, 24, device="cpu")[:, 0]
+    assert torch.equal(dense, block_attention_mask(doc_ids, blocks))
 
 
 def test_prediction_source_takes_the_clean_previous_token_at_block_starts():
@@ -173,6 +189,24 @@ def test_a_packed_batch_gives_the_padded_batchs_loss_and_gradients(qwen2_dir, ch
         assert torch.allclose(grad, grads_pack[name], atol=1e-6), name
 
 
+def test_flex_attentions_block_mask_gives_each_block_run_alone_on_packed_rows(qwen2_dir, chat_file, tmp_path):
+    """The path `auto` takes on CUDA, run forward on the CPU (flex-attention has no CPU backward):
+    a packed batch through the BlockMask gives the loss of the reference run block by block."""
+    raw = recipe_dict(qwen2_dir, chat_file, tmp_path / "flex", per_device_train_batch_size=4, seed=7)
+    raw["diffusion"].update(block_size=3)
+    raw["data"].update(batching="pack", max_length=96)
+    trainer = build_trainer(build_run_config(raw))
+    batch = trainer.data_collator([{"members": [0, 1, 2]}, {"members": [3, 4, 5]}])
+    trainer.model.train()
+    denominator = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    trainer.model.set_attn_implementation("flex_attention")
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=denominator)
+    trainer.model.set_attn_implementation("sdpa")
+    expected = reference_loss(trainer.model, batch, 0, 7, 3, trainer.args.mask_token_id, shift=True)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_complementary_blocks_supervise_every_response_token_once(qwen2_dir, chat_file, tmp_path):
     trainer = block_trainer(qwen2_dir, chat_file, tmp_path, "pairs", block_size=2, complementary=True)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
@@ -186,6 +220,13 @@ def test_complementary_blocks_supervise_every_response_token_once(qwen2_dir, cha
     for row, col in noised.masked.nonzero().tolist():
         per_block.setdefault((row, int(blocks[row, col])), set()).add(round(noised.t[row, col].item(), 6))
     assert all(len(times) == 1 for times in per_block.values()) and t.min() >= 1e-3
+
+
+def test_a_cpu_block_diffusion_run_under_flex_attention_is_refused_before_training(
+    qwen2_dir, chat_file, tmp_path
+):
+    with pytest.raises(UserError, match="model.attn_implementation: flex_attention has no backward"):
+        block_trainer(qwen2_dir, chat_file, tmp_path, "flex", attn="flex_attention", block_size=4)
 
 
 def test_block_size_must_be_positive(qwen2_dir, chat_file, tmp_path):

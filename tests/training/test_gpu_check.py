@@ -29,7 +29,7 @@ def test_gpu_check_smoke_runs_every_check_and_prints_one_line_each(tmp_path):
     checks = [
         line
         for line in lines
-        if line.split(" ", 1)[0] in ("probe", "control", "throughput", "baseline", "e2e")
+        if line.split(" ", 1)[0] in ("probe", "control", "throughput", "baseline", "block", "e2e")
     ]
     assert [line.split(" ", 2)[:2] for line in checks] == [
         ["probe", "attn=sdpa"],
@@ -38,6 +38,7 @@ def test_gpu_check_smoke_runs_every_check_and_prints_one_line_each(tmp_path):
         ["control", "causal_model"],
         ["throughput", "diffusion"],
         ["baseline", "ar_full_logits"],
+        ["block", "flex_attention_vs_sdpa"],
         ["e2e", "dream_tiny"],
     ]
     assert all(line.endswith(" PASS") for line in checks)
@@ -46,8 +47,9 @@ def test_gpu_check_smoke_runs_every_check_and_prints_one_line_each(tmp_path):
         r"attn=torch_varlen .* first_moved>=0\.0e\+00 .* probe=FAIL\(expected\) PASS$", checks[3]
     )
     assert re.search(r"diffusion/ar_tok_s=[\d.]+ PASS$", checks[5])
-    assert re.search(r"packed train steps=2 loss=[\d.]+ export generate=", checks[6])
-    assert re.match(r"summary .* checks=7 passed=7 failed=0 .* PASS$", lines[-1])
+    assert re.search(r"block_size=4 .* loss_err=\d\.\de[-+]\d+ grad_err=nan step_ms", checks[6])
+    assert re.search(r"packed train steps=2 loss=[\d.]+ export generate=", checks[7])
+    assert re.match(r"summary .* checks=8 passed=8 failed=0 .* PASS$", lines[-1])
 
 
 def test_the_probe_fails_when_packed_documents_leak_into_each_other(monkeypatch):
