@@ -24,6 +24,9 @@ x_t itself.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
@@ -65,7 +68,7 @@ def block_attention_mask(doc_ids: torch.Tensor, blocks: torch.Tensor) -> torch.T
 
 def block_flex_mask(doc_ids: torch.Tensor, blocks: torch.Tensor) -> BlockMask:
     """The same mask as flex-attention's sparse `BlockMask`: tiles of the (2L)² grid that no query
-    may attend are skipped, and no dense mask is materialised on CUDA (the mask is compiled there)."""
+    may attend are skipped, and on CUDA no dense mask is materialised (its builder is compiled)."""
     doc = torch.cat([doc_ids, doc_ids], dim=1)
     block = torch.cat([blocks, blocks], dim=1)
     width = doc_ids.shape[1]
@@ -74,9 +77,15 @@ def block_flex_mask(doc_ids: torch.Tensor, blocks: torch.Tensor) -> BlockMask:
         return may_attend(doc[b, q], doc[b, k], block[b, q], block[b, k], q >= width, k >= width, q == k)
 
     rows, length = doc.shape
-    return create_block_mask(
-        mask_mod, rows, None, length, length, device=doc.device, _compile=doc.device.type == "cuda"
-    )
+    build = compiled_create_block_mask() if doc.is_cuda else create_block_mask
+    return build(mask_mod, rows, None, length, length, device=doc.device)
+
+
+@functools.cache
+def compiled_create_block_mask() -> Callable[..., BlockMask]:
+    """`create_block_mask` compiled (once per process; new shapes compile dynamically): it then
+    evaluates `mask_mod` tile by tile instead of materialising the (2L)² mask and its index tensors."""
+    return torch.compile(create_block_mask)
 
 
 def block_model_inputs(

@@ -6,12 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_mask
+from torch.nn.attention.flex_attention import create_block_mask, create_mask
 from transformers import DynamicCache
 
 from sft.errors import UserError
 from sft.loss import noise, objective
-from sft.loss.block_diffusion import block_attention_mask, block_flex_mask, block_prediction_source
+from sft.loss.block_diffusion import (
+    block_attention_mask,
+    block_flex_mask,
+    block_prediction_source,
+    compiled_create_block_mask,
+)
 from sft.recipe import build_run_config
 from sft.training.noising import draw_noise
 from sft.training.run import build_trainer
@@ -58,6 +63,14 @@ def test_flex_block_mask_allows_exactly_the_dense_masks_entries():
     assert sparse.shape == (2, 1, 24, 24)
     dense = create_mask(sparse.mask_mod, 2, 1, 24, 24, device="cpu")[:, 0]
     assert torch.equal(dense, block_attention_mask(doc_ids, blocks))
+    # CUDA's builder is compiled (compiled here on the CPU): the same tiles, at 4x4 tiles
+    plain, compiled = (
+        build(sparse.mask_mod, 2, None, 24, 24, device="cpu", BLOCK_SIZE=4)
+        for build in (create_block_mask, compiled_create_block_mask())
+    )
+    assert 0 < plain.sparsity() < 100
+    for tiles in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(compiled, tiles), getattr(plain, tiles)), tiles
 
 
 def test_prediction_source_takes_the_clean_previous_token_at_block_starts():
