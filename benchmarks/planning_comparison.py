@@ -191,9 +191,10 @@ def run(args: argparse.Namespace, objectives: tuple[str, ...]) -> dict:
         print(f"[{budget} steps] AR: {entry['ar']}", file=sys.stderr, flush=True)
         results["budgets"][str(budget)] = entry
         if index == 0:
-            best_objective = max(
+            best_objective = max(  # None when only sides ran
                 (o for o in entry["diffusion"] if o not in SIDES),
                 key=lambda o: max(entry["diffusion"][o]["accuracy"].values()),
+                default=None,
             )
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
