@@ -20,6 +20,8 @@ Prompts may differ in length (left padding, 2-D attention masks and position ids
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -63,9 +65,16 @@ class SamplerStats:
 def _forward(model, ids, attention, positions, cache, stats: SamplerStats | None) -> torch.Tensor:
     if stats is not None:
         stats.add_forward(ids.shape[1], attention.shape[1])
-    return model(
-        input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
-    ).logits
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
+    keywords = {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": True}
+    return model(**keywords, **{cache_keyword(type(base)): cache}).logits
+
+
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """The KV cache's keyword of `model_class.forward`: `cache` from transformers 5.2x on (where
+    `past_key_values` still works but warns), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from sft.sampling.block_sampler import SamplerStats
+from sft.sampling.block_sampler import SamplerStats, cache_keyword
 from sft.sampling.sampler import check_settings, diffusion_generate, left_pad
 from tests.conftest import tiny_qwen2_config
 
@@ -71,6 +74,13 @@ def test_block_sampling_with_the_cache_equals_recomputing_everything(model):
     prompt = [5, 6, 7, 8, 9]
     for new, block in ((8, 4), (9, 3), (5, 8)):
         assert sample(model, [prompt], new, block)[0] == reference_block_greedy(model, prompt, new, block)
+
+
+def test_block_sampling_passes_the_cache_under_this_transformers_keyword_without_a_warning(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers 5.2x: `past_key_values` warns
+        sample(model, [[5, 6, 7]], 4, 2)
+    assert cache_keyword(Qwen2ForCausalLM) in inspect.signature(Qwen2ForCausalLM.forward).parameters
 
 
 def test_padded_prompts_give_what_each_prompt_gives_alone(model):
