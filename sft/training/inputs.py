@@ -5,13 +5,14 @@ datasets (`messages` or `prompt`/`completion` rows) tokenized by the same code i
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 from peft import LoraConfig, PeftConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from sft.config import FAMILY_FIELDS, DataSettings, DiffusionSFTConfig, LoraSettings, ModelSettings, RunConfig
 from sft.data.sources import conversation_columns
@@ -28,7 +29,10 @@ from sft.families.loader import (
     read_chat_template,
     tail_token_id,
 )
+from sft.trl_keys import REFUSED_TRAINING_KEYS
 
+PRECISION_FIELDS = ("bf16", "fp16", "use_cpu")
+"""Fields whose defaults depend on the machine (TRL's `bf16` needs a GPU): kept as given."""
 TOKENIZED_COLUMNS = ("input_ids", "members")
 """Columns of examples already tokenized (what `dlm-sft train` passes) or of packed rows
 (`sft.data.collate.pack_examples`, for the collator that packed them); such a dataset is used as is."""
@@ -147,6 +151,29 @@ def tokenized_examples(
     require_chat_template(tokenizer, str(tokenizer.name_or_path), "processing_class")
     split = tokenize_split(rows, tokenizer, settings, eos_token_id, key, file, key)
     return split.dataset
+
+
+def diffusion_args(args: TrainingArguments | None, model_name: str) -> DiffusionSFTConfig:
+    """The trainer's arguments: the defaults (output to `<model>-diffusion-sft`) when none are
+    given; a TRL `SFTConfig` (or `TrainingArguments`) as the `DiffusionSFTConfig` it amounts to:
+    the fields set to other than their class's defaults carry over (TRL's `max_length` is the
+    data's), with the output directory and precision; one that diffusion SFT does not honour is a
+    `UserError` naming what does its job (`sft.trl_keys`)."""
+    if args is None:
+        return DiffusionSFTConfig(output_dir=f"{Path(model_name).name}-diffusion-sft")
+    if isinstance(args, DiffusionSFTConfig):
+        return args
+    kept = {name: getattr(args, name) for name in ("output_dir", *PRECISION_FIELDS)}
+    defaults = type(args)(**kept)
+    changed = {
+        f.name: getattr(args, f.name)
+        for f in fields(args)
+        if f.init and getattr(args, f.name) != getattr(defaults, f.name)
+    }
+    for key in changed:
+        if key in REFUSED_TRAINING_KEYS and key != "max_length":
+            raise UserError(f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", key=f"args.{key}")
+    return DiffusionSFTConfig(**kept, **changed)
 
 
 def api_recipe(name: str, args: DiffusionSFTConfig, peft_config: PeftConfig | None) -> RunConfig:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from peft import PeftConfig, PeftModel
 from torch.distributed.tensor import DTensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
@@ -45,6 +45,7 @@ from sft.training.inputs import (
     api_recipe,
     checkpoint_through_fsdp,
     data_tokenizer,
+    diffusion_args,
     diffusion_model,
     is_tokenized,
     model_name,
@@ -61,6 +62,7 @@ class DiffusionSFTTrainer(SFTTrainer):
         DiffusionSFTTrainer(model="Dream-org/Dream-v0-Base-7B", args=DiffusionSFTConfig(...),
                             train_dataset=chat_rows, eval_dataset=..., processing_class=..., peft_config=...)
 
+    `args` may also be TRL's `SFTConfig` or a `TrainingArguments` (`sft.training.inputs.diffusion_args`).
     `model` is a hub id, a local path or a `PreTrainedModel`; its family (Dream, LLaDA, a Qwen2/Llama
     causal LM made bidirectional) sets `args.mask_token_id` and `args.shift`. The datasets hold
     `messages` or `prompt`/`completion` rows, tokenized by `dlm-sft train`'s code into its cache
@@ -74,7 +76,7 @@ class DiffusionSFTTrainer(SFTTrainer):
     def __init__(
         self,
         model: str | PreTrainedModel | ResolvedModel,
-        args: DiffusionSFTConfig | None = None,
+        args: DiffusionSFTConfig | TrainingArguments | None = None,
         data_collator: Any = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
@@ -86,7 +88,7 @@ class DiffusionSFTTrainer(SFTTrainer):
     ) -> None:
         quiet_deepspeed_cpu_notice()  # accelerate imports DeepSpeed, when installed, to save
         name = model_name(model)
-        args = args or DiffusionSFTConfig(output_dir=f"{Path(name).name}-diffusion-sft")
+        args = diffusion_args(args, name)
         check_writable(args.output_dir)
         recipe = recipe or api_recipe(name, args, peft_config)
         loaded = diffusion_model(

@@ -10,7 +10,7 @@ import sys
 
 import datasets
 import pytest
-from transformers import AutoTokenizer, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2ForCausalLM, TrainingArguments
 
 from sft.cli import main
 from sft.data.sources import load_chat_rows
@@ -120,3 +120,48 @@ def test_a_dataset_without_conversation_columns_is_one_line(qwen2_dir, tmp_path)
     args = DiffusionSFTConfig(output_dir=str(tmp_path / "run"), report_to=[])
     with pytest.raises(UserError, match=r"train_dataset: no conversation columns \(has text\)"):
         DiffusionSFTTrainer(str(qwen2_dir), args, train_dataset=datasets.Dataset.from_list([{"text": "hi"}]))
+
+
+def test_trls_own_sft_config_trains_with_what_it_sets(qwen2_dir, chat_file, tmp_path):
+    """A TRL user's `SFTConfig` (and plain `TrainingArguments`) works as `args`: what it sets carries
+    over into the `DiffusionSFTConfig`, TRL's `max_length` as the data's; the rest are the defaults."""
+    from trl import SFTConfig
+
+    from sft import DiffusionSFTConfig, DiffusionSFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(tmp_path / "run"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=2,
+        max_length=32,
+        learning_rate=1e-3,
+        per_device_train_batch_size=4,
+        lr_scheduler_type="cosine",
+        report_to=[],
+    )
+    trainer = DiffusionSFTTrainer(str(qwen2_dir), args, train_dataset=load_chat_rows(str(chat_file)))
+    got = trainer.args
+    assert isinstance(got, DiffusionSFTConfig) and got.output_dir == str(tmp_path / "run")
+    assert (got.max_steps, got.max_length, got.learning_rate) == (2, 32, 1e-3)
+    assert got.per_device_train_batch_size == 4
+    assert got.lr_scheduler_type == "cosine" and not got.bf16
+    assert got.eos_tail == DiffusionSFTConfig.eos_tail and got.weighting == DiffusionSFTConfig.weighting
+    assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 32
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+    plain = TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=True, num_train_epochs=2)
+    converted = DiffusionSFTTrainer(str(qwen2_dir), plain, train_dataset=load_chat_rows(str(chat_file))).args
+    assert isinstance(converted, DiffusionSFTConfig) and converted.num_train_epochs == 2
+
+
+def test_an_sft_config_asking_for_trls_packing_is_one_line(qwen2_dir, chat_file, tmp_path):
+    from trl import SFTConfig
+
+    from sft import DiffusionSFTTrainer, UserError
+
+    args = SFTConfig(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, packing=True)
+    with pytest.raises(UserError, match=r"^args.packing: not used by diffusion SFT; use data.batching: pack"):
+        DiffusionSFTTrainer(str(qwen2_dir), args, train_dataset=load_chat_rows(str(chat_file)))
+    assert not (tmp_path / "run").exists()
