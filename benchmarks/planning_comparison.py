@@ -80,6 +80,19 @@ OBJECTIVES = {
         "diffusion.eos_tail_n": 4,
         "diffusion.t_min": 0.2,
     },
+    "complementary tail=first_n(4) linear t_min=0.2": {
+        "diffusion.complementary": True,
+        "diffusion.eos_tail": "first_n",
+        "diffusion.eos_tail_n": 4,
+        "diffusion.weighting": "linear",
+        "diffusion.t_min": 0.2,
+    },
+    "complementary tail=first_n(4) inv_t t_min=0.4": {
+        "diffusion.complementary": True,
+        "diffusion.eos_tail": "first_n",
+        "diffusion.eos_tail_n": 4,
+        "diffusion.t_min": 0.4,
+    },
 }
 """Objective settings swept at the first budget; the best one runs at the others (and `SIDES` at all).
 `block_size: row` is one row of the reference answer in tokens (its first line and newline)."""
