@@ -7,8 +7,10 @@ transformers' own configs use: a dense MLP of `intermediate_size`, or routed exp
 `moe_intermediate_size`, else `intermediate_size`) with optional shared experts that every token passes
 (`shared_expert_intermediate_size`, Qwen2-MoE's, with a sigmoid gate; or `n_shared_experts` of the
 expert width); q/k/v biases from
-`qkv_bias` or `attention_bias`, else the family's default for its model type. Every layer is assumed
-to have the same MLP.
+`qkv_bias` or `attention_bias`, else the family's default for its model type. A MoE model may keep
+a dense MLP (`intermediate_size` wide) in some layers, as transformers builds them: Qwen-MoE's
+`mlp_only_layers` and the layers off its `decoder_sparse_step`, the first `first_k_dense_replace`
+layers of DeepSeek-style configs (`dense_layers`).
 """
 
 from __future__ import annotations
@@ -58,18 +60,29 @@ class LayerShape:
 
     qkv_bias: bool
     mlp: MlpShape
+    dense_layers: tuple[int, ...] = ()  # layers of a MoE model whose MLP is dense (`dense_mlp`)
+    dense_mlp: MlpShape | None = None
 
 
 def read_layer_shape(config: dict[str, Any], qkv_bias: bool = False) -> LayerShape:
     """The layer shape of a transformers config (see the module docstring); `qkv_bias` is the default
     when the config has no key for it. Raises KeyError when the MLP width is missing."""
+    bias = bool(config.get("qkv_bias", config.get("attention_bias", qkv_bias)))
     experts = next((int(config[k]) for k in _EXPERT_KEYS if config.get(k)), 0)
     if not experts:
-        mlp = MlpShape(int(config["intermediate_size"]))
-    else:
-        width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
-        gated = int(config.get("shared_expert_intermediate_size") or 0)
-        shared = gated or int(config.get("n_shared_experts") or 0) * width
-        mlp = MlpShape(width, experts, int(config.get("num_experts_per_tok") or 1), shared, bool(gated))
-    bias = config.get("qkv_bias", config.get("attention_bias", qkv_bias))
-    return LayerShape(bool(bias), mlp)
+        return LayerShape(bias, MlpShape(int(config["intermediate_size"])))
+    width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
+    gated = int(config.get("shared_expert_intermediate_size") or 0)
+    shared = gated or int(config.get("n_shared_experts") or 0) * width
+    mlp = MlpShape(width, experts, int(config.get("num_experts_per_tok") or 1), shared, bool(gated))
+    dense = dense_layers(config)
+    return LayerShape(bias, mlp, dense, MlpShape(int(config["intermediate_size"])) if dense else None)
+
+
+def dense_layers(config: dict[str, Any]) -> tuple[int, ...]:
+    """The layers of a MoE config that transformers builds with a dense MLP (module docstring)."""
+    only = set(config.get("mlp_only_layers") or ())
+    step = int(config.get("decoder_sparse_step") or 1)
+    first = int(config.get("first_k_dense_replace") or 0)
+    layers = range(int(config["num_hidden_layers"]))
+    return tuple(i for i in layers if i in only or (i + 1) % step or i < first)

@@ -24,7 +24,8 @@
 
 The row length L is data.max_length when the EOS tail fills rows (`eos_tail: all` / `one`), else
 max_length as the worst case of a padded batch. Block diffusion (`diffusion.block_size`) runs rows of
-2·L ([x_t ; x_0]) and adds their (2L)² bool attention mask per row; complementary masks double the
+2·L ([x_t ; x_0]); under SDPA or eager they also hold a (2L)² bool attention mask per row (`auto`
+plans for CUDA, where flex-attention's sparse BlockMask is negligible); complementary masks double the
 rows of a micro-batch. The total leaves out the CUDA context and allocator
 fragmentation: the verdict asks for 10% headroom.
 """
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from sft.config import RunConfig
 from sft.engines import ENGINES
 from sft.errors import UserError
+from sft.families.shapes import MlpShape
 from sft.loss.linear_cross_entropy import HEAD_CHUNK_TOKENS
 from sft.planning.shapes import ModelShape
 
@@ -97,24 +99,31 @@ def estimate_memory(
         grads, optim = grads / shards, optim / shards
     weights = float(full_weights)
     if engine in ("zero3", "fsdp"):
-        weights = full_weights / shards + 2 * shape.layer_params() * act
+        largest_layer = max(shape.layer_params(mlp) for mlp, _ in shape.layer_mlps())
+        weights = full_weights / shards + 2 * largest_layer * act
 
     length = config.data.max_length * (2 if args.block_size else 1)  # [x_t ; x_0] rows
     rows = args.per_device_train_batch_size * (2 if args.complementary else 1)
     tokens = rows * length
-    per_layer_token = act * (8 * shape.hidden_size + 4 * shape.kv_dim + 4 * shape.mlp.active_width)
-    if config.lora is not None and config.lora.dropout > 0:  # each adapter's dropped-out input
-        per_layer_token += act * (6 * shape.hidden_size + shape.mlp.active_width)
-    if config.model.attn_implementation == "eager":
-        per_layer_token += act * 2 * shape.num_heads * length
-    one_layer = per_layer_token * tokens
-    full = shape.num_layers * one_layer + act * shape.hidden_size * tokens  # + embedding output
+
+    def per_layer_token(mlp: MlpShape) -> int:
+        saved = act * (8 * shape.hidden_size + 4 * shape.kv_dim + 4 * mlp.active_width)
+        if config.lora is not None and config.lora.dropout > 0:  # each adapter's dropped-out input
+            saved += act * (6 * shape.hidden_size + mlp.active_width)
+        if config.model.attn_implementation == "eager":
+            saved += act * 2 * shape.num_heads * length
+        return saved
+
+    kinds = shape.layer_mlps()
+    one_layer = max(per_layer_token(mlp) for mlp, _ in kinds) * tokens
+    layers = sum(count * per_layer_token(mlp) for mlp, count in kinds) * tokens
+    full = layers + act * shape.hidden_size * tokens  # + embedding output
     checkpointed = shape.num_layers * act * shape.hidden_size * tokens + one_layer
     chunk = min(tokens, HEAD_CHUNK_TOKENS)
     head = act * shape.hidden_size * (4 * tokens) + chunk * shape.vocab_size * (4 + (2 * act if half else 0))
     # the backward pass holds one layer's activation gradients beside what is saved
     full, checkpointed = full + one_layer, checkpointed + one_layer
-    if args.block_size:  # the explicit block mask, one byte per (query, key) and row
+    if args.block_size and config.model.attn_implementation in ("sdpa", "eager"):  # the dense block mask
         mask = float(rows * length * length)
         full, checkpointed = full + mask, checkpointed + mask
     use = checkpointed if args.activation_checkpointing else full

@@ -30,28 +30,41 @@ class ModelShape:
     tied_embeddings: bool
     qkv_bias: bool
     dtype: str = "float32"  # the checkpoint's own dtype (what `model.dtype: auto` loads)
+    dense_layers: int = 0  # layers of a MoE model with a dense MLP instead (`dense_mlp`)
+    dense_mlp: MlpShape | None = None
 
     @property
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer of one decoder layer (routed experts are not linear layers)."""
-        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
-        return [(h, q), (h, kv), (h, kv), (q, h), *self.mlp.linear_shapes(h)]
+    def layer_mlps(self) -> list[tuple[MlpShape, int]]:
+        """Each kind of MLP the decoder layers hold, with how many layers hold it."""
+        kinds = [(self.mlp, self.num_layers - self.dense_layers)]
+        if self.dense_mlp is not None and self.dense_layers:
+            kinds.append((self.dense_mlp, self.dense_layers))
+        return kinds
 
-    def layer_params(self) -> int:
+    def linear_shapes(self, mlp: MlpShape | None = None) -> list[tuple[int, int]]:
+        """(in, out) of every linear layer of a decoder layer with `mlp` (default the model's; routed
+        experts are not linear layers)."""
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
+        return [(h, q), (h, kv), (h, kv), (q, h), *(mlp or self.mlp).linear_shapes(h)]
+
+    def layer_params(self, mlp: MlpShape | None = None) -> int:
+        """Parameters of a decoder layer with `mlp` (default the model's)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
         attention = 2 * h * q + 2 * h * kv + ((q + 2 * kv) if self.qkv_bias else 0)
-        return attention + self.mlp.params(h) + 2 * h
+        return attention + (mlp or self.mlp).params(h) + 2 * h
 
     def params(self) -> int:
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
-        return embeddings + self.num_layers * self.layer_params() + self.hidden_size
+        layers = sum(count * self.layer_params(mlp) for mlp, count in self.layer_mlps())
+        return embeddings + layers + self.hidden_size
 
     def lora_params(self, rank: int) -> int:
         """LoRA parameters with `target_modules: all-linear` (every linear layer but the LM head)."""
-        return self.num_layers * sum(rank * (a + b) for a, b in self.linear_shapes())
+        kinds = self.layer_mlps()
+        return sum(count * sum(rank * (a + b) for a, b in self.linear_shapes(mlp)) for mlp, count in kinds)
 
 
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
@@ -76,6 +89,8 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             qkv_bias=layer.qkv_bias,
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32").removeprefix("torch."),
+            dense_layers=len(layer.dense_layers),
+            dense_mlp=layer.dense_mlp,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(

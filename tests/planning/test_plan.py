@@ -64,12 +64,14 @@ def test_block_diffusion_and_complementary_pairs_are_planned_with_their_longer_r
         return make_plan(config).memory
 
     plain = memory()
-    block = memory("diffusion.block_size=32")
+    block = memory("diffusion.block_size=32")  # auto: flex-attention's sparse BlockMask on CUDA
+    dense = memory("diffusion.block_size=32", "model.attn_implementation=sdpa")
     pairs = memory("diffusion.complementary=true")
     config = load_recipe("recipes/dream-7b/sft_full.yaml", require_data=False)
     rows, length = config.training.per_device_train_batch_size, 2 * config.data.max_length
-    # [x_t ; x_0] doubles every per-token term and adds a (2L)^2 byte mask per row
-    assert block.activations_full == pytest.approx(2 * plain.activations_full + rows * length**2, rel=1e-9)
+    # [x_t ; x_0] doubles every per-token term; SDPA's dense mask adds (2L)^2 bytes per row
+    assert block.activations_full == pytest.approx(2 * plain.activations_full, rel=1e-9)
+    assert dense.activations_full == pytest.approx(2 * plain.activations_full + rows * length**2, rel=1e-9)
     assert pairs.activations_full == pytest.approx(2 * plain.activations_full, rel=1e-9)
     assert block.weights == plain.weights and block.optimizer == plain.optimizer
 
@@ -113,6 +115,34 @@ def test_a_mixture_of_experts_config_plans_every_expert_and_activates_only_the_r
     dense = estimate_memory(recipe, shape_from_config(one_expert))
     sparse = estimate_memory(recipe, shape)
     assert sparse.weights > dense.weights and sparse.activations > dense.activations
+
+
+def test_a_mixture_of_experts_config_with_dense_layers_counts_each_layers_own_mlp(monkeypatch):
+    """Qwen-MoE's `mlp_only_layers` / `decoder_sparse_step` and DeepSeek-style `first_k_dense_replace`
+    keep dense MLPs in some layers: the parameters are those transformers builds."""
+    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    layers = {**MOE, "num_hidden_layers": 4, "intermediate_size": 40, "moe_intermediate_size": 16}
+    qwen2_moe = Qwen2MoeConfig(
+        **layers, num_experts=4, num_experts_per_tok=2, mlp_only_layers=[0], decoder_sparse_step=2
+    )  # dense: layers 0 (listed) and 2 (off the step)
+    glm4_moe = Glm4MoeConfig(
+        **layers, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1
+    )  # dense: layer 0
+    cases = ((qwen2_moe, Qwen2MoeForCausalLM, 2), (glm4_moe, Glm4MoeForCausalLM, 1))
+    for config, model_class, dense in cases:
+        shape = shape_from_config(config.to_dict())
+        assert shape.dense_layers == dense and shape.dense_mlp.intermediate_size == 40
+        assert shape.params() == sum(p.numel() for p in model_class(config).parameters())
+
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe("recipes/dream-7b/sft_full.yaml", require_data=False)
+    mixed = shape_from_config(qwen2_moe.to_dict())
+    all_sparse = shape_from_config({**qwen2_moe.to_dict(), "mlp_only_layers": [], "decoder_sparse_step": 1})
+    assert all_sparse.dense_layers == 0 and mixed.params() != all_sparse.params()
+    # a dense layer runs 40 wide per token, a sparse one 2 x 16 + the 5632-wide shared expert
+    saved = [estimate_memory(recipe, shape).activations_full for shape in (mixed, all_sparse)]
+    assert saved[0] < saved[1]
 
 
 def test_plan_counts_tokenized_data_when_it_is_on_disk(qwen2_dir, chat_file, tmp_path):
