@@ -93,7 +93,7 @@ def test_console_script_reports_typos_with_exit_code_2(tmp_path):
     ]
 
 
-def test_dry_run_prints_config_sizes_and_steps(capsys, monkeypatch):
+def test_dry_run_prints_config_sizes_and_steps(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     assert (
         main(
@@ -102,6 +102,7 @@ def test_dry_run_prints_config_sizes_and_steps(capsys, monkeypatch):
                 "recipes/quickstart/sort_digits.yaml",
                 "training.num_train_epochs=2",
                 "training.max_steps=-1",
+                f"training.output_dir={tmp_path / 'run'}",  # not runs/quickstart: `make quickstart` fills it
                 "--dry-run",
             ]
         )

@@ -31,9 +31,10 @@ def test_plan_takes_overrides_after_its_options(capsys, monkeypatch):
     assert "64" in capsys.readouterr().out
 
 
-def test_dry_run_with_an_override_after_the_flag_applies_it(capsys, monkeypatch):
+def test_dry_run_with_an_override_after_the_flag_applies_it(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    assert main(["train", QUICKSTART, "--dry-run", "lora.r=16", "training.max_steps=3"]) == 0
+    run = f"training.output_dir={tmp_path / 'run'}"  # not runs/quickstart, which `make quickstart` fills
+    assert main(["train", QUICKSTART, "--dry-run", "lora.r=16", "training.max_steps=3", run]) == 0
     out = capsys.readouterr().out
     assert "r: 16" in out and "total steps: 3" in out
 
