@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, 
 
 from sft.config import ModelSettings
 from sft.families.base import FAMILY_KEY, MASK_TOKEN, Family, instantiate, load_tokenizer
+from sft.families.shapes import LayerShape, read_layer_shape
 
 AUTO_MAP = {
     "AutoConfig": "configuration_sdar.SDARConfig",
@@ -78,6 +79,11 @@ KNOWN_CONFIGS = {
 
 def detect(config: dict[str, Any]) -> bool:
     return str(config.get("model_type", "")).lower() == "sdar"
+
+
+def layer_shape(config: dict[str, Any]) -> LayerShape:
+    """Qwen3's layers: no q/k/v biases, RMS norms on q and k."""
+    return read_layer_shape(config, qk_norm=True)
 
 
 def qwen3_config(config: dict[str, Any]) -> Qwen3Config:
@@ -148,6 +154,7 @@ FAMILY = Family(
     release_config=sdar_config,
     mask_tokens=("<|MASK|>", MASK_TOKEN),
     known_configs=KNOWN_CONFIGS,
+    layer_shape=layer_shape,
     export_classes={"qwen3": Qwen3ForCausalLM.__name__},
     release_usage=usage,
 )

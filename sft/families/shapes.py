@@ -7,7 +7,8 @@ transformers' own configs use: a dense MLP of `intermediate_size`, or routed exp
 `moe_intermediate_size`, else `intermediate_size`) with optional shared experts that every token passes
 (`shared_expert_intermediate_size`, Qwen2-MoE's, with a sigmoid gate; or `n_shared_experts` of the
 expert width); q/k/v biases from
-`qkv_bias` or `attention_bias`, else the family's default for its model type. A MoE model may keep
+`qkv_bias` or `attention_bias`, else the family's default for its model type; per-head RMS norms on
+q and k (Qwen3's) from `use_qk_norm`, else the family's default. A MoE model may keep
 a dense MLP (`intermediate_size` wide) in some layers, as transformers builds them: Qwen-MoE's
 `mlp_only_layers` and the layers off its `decoder_sparse_step`, the first `first_k_dense_replace`
 layers of DeepSeek-style configs (`dense_layers`).
@@ -60,23 +61,25 @@ class LayerShape:
 
     qkv_bias: bool
     mlp: MlpShape
+    qk_norm: bool = False  # an RMS norm (head_dim weights) on q and on k
     dense_layers: tuple[int, ...] = ()  # layers of a MoE model whose MLP is dense (`dense_mlp`)
     dense_mlp: MlpShape | None = None
 
 
-def read_layer_shape(config: dict[str, Any], qkv_bias: bool = False) -> LayerShape:
-    """The layer shape of a transformers config (see the module docstring); `qkv_bias` is the default
-    when the config has no key for it. Raises KeyError when the MLP width is missing."""
+def read_layer_shape(config: dict[str, Any], qkv_bias: bool = False, qk_norm: bool = False) -> LayerShape:
+    """The layer shape of a transformers config (see the module docstring); `qkv_bias` and `qk_norm`
+    are the defaults when the config has no key for them. Raises KeyError when the MLP width is missing."""
     bias = bool(config.get("qkv_bias", config.get("attention_bias", qkv_bias)))
+    norm = bool(config.get("use_qk_norm", qk_norm))
     experts = next((int(config[k]) for k in _EXPERT_KEYS if config.get(k)), 0)
     if not experts:
-        return LayerShape(bias, MlpShape(int(config["intermediate_size"])))
+        return LayerShape(bias, MlpShape(int(config["intermediate_size"])), norm)
     width = int(config.get("moe_intermediate_size") or config["intermediate_size"])
     gated = int(config.get("shared_expert_intermediate_size") or 0)
     shared = gated or int(config.get("n_shared_experts") or 0) * width
     mlp = MlpShape(width, experts, int(config.get("num_experts_per_tok") or 1), shared, bool(gated))
     dense = dense_layers(config)
-    return LayerShape(bias, mlp, dense, MlpShape(int(config["intermediate_size"])) if dense else None)
+    return LayerShape(bias, mlp, norm, dense, MlpShape(int(config["intermediate_size"])) if dense else None)
 
 
 def dense_layers(config: dict[str, Any]) -> tuple[int, ...]:

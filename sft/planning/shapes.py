@@ -29,6 +29,7 @@ class ModelShape:
     mlp: MlpShape  # dense or a mixture of experts (the family's `layer_shape`)
     tied_embeddings: bool
     qkv_bias: bool
+    qk_norm: bool = False  # RMS norms on q and k (head_dim weights each)
     dtype: str = "float32"  # the checkpoint's own dtype (what `model.dtype: auto` loads)
     dense_layers: int = 0  # layers of a MoE model with a dense MLP instead (`dense_mlp`)
     dense_mlp: MlpShape | None = None
@@ -54,6 +55,7 @@ class ModelShape:
         """Parameters of a decoder layer with `mlp` (default the model's)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.kv_dim
         attention = 2 * h * q + 2 * h * kv + ((q + 2 * kv) if self.qkv_bias else 0)
+        attention += 2 * self.head_dim if self.qk_norm else 0
         return attention + (mlp or self.mlp).params(h) + 2 * h
 
     def params(self) -> int:
@@ -88,6 +90,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
             mlp=layer.mlp,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             qkv_bias=layer.qkv_bias,
+            qk_norm=layer.qk_norm,
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32").removeprefix("torch."),
             dense_layers=len(layer.dense_layers),
             dense_mlp=layer.dense_mlp,

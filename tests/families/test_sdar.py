@@ -14,6 +14,7 @@ from sft.config import ModelSettings
 from sft.export.exporter import export_checkpoint
 from sft.families.loader import known_config, load_model
 from sft.families.weights import tensor_names
+from sft.planning.shapes import shape_from_config
 from sft.recipe import build_run_config
 from sft.sampling.sampler import diffusion_generate
 from sft.training.run import train
@@ -62,6 +63,8 @@ def test_sdar_loads_from_its_hub_id_without_remote_code_and_bidirectionally(hub_
         changed[0, -1] = 20
         assert (loaded.model(changed).logits[0, 0] - ours[0, 0]).abs().max() > 1e-5  # bidirectional
     assert known_config(SDAR)["hidden_size"] == 2048  # planning knows the real model's shape
+    planned = shape_from_config(release)  # Qwen3's q/k norms counted
+    assert planned.params() == sum(p.numel() for p in reference_model(snapshot).parameters())
 
 
 def test_sdar_trains_as_block_diffusion_samples_by_blocks_and_exports_in_its_layout(hub_cache, tmp_path):

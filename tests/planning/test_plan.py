@@ -127,8 +127,13 @@ def test_a_mixture_of_experts_config_with_dense_layers_counts_each_layers_own_ml
         **layers, num_experts=4, num_experts_per_tok=2, mlp_only_layers=[0], decoder_sparse_step=2
     )  # dense: layers 0 (listed) and 2 (off the step)
     glm4_moe = Glm4MoeConfig(
-        **layers, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1
-    )  # dense: layer 0
+        **layers,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        use_qk_norm=True,
+    )  # dense: layer 0; q/k norms
     cases = ((qwen2_moe, Qwen2MoeForCausalLM, 2), (glm4_moe, Glm4MoeForCausalLM, 1))
     for config, model_class, dense in cases:
         shape = shape_from_config(config.to_dict())
