@@ -62,7 +62,7 @@ class LayerShape:
     qkv_bias: bool
     mlp: MlpShape
     qk_norm: bool = False  # an RMS norm (head_dim weights) on q and on k
-    dense_layers: tuple[int, ...] = ()  # layers of a MoE model whose MLP is dense (`dense_mlp`)
+    dense_layers: int = 0  # layers of a MoE model whose MLP is dense: `dense_mlp`, set when any
     dense_mlp: MlpShape | None = None
 
 
@@ -82,10 +82,10 @@ def read_layer_shape(config: dict[str, Any], qkv_bias: bool = False, qk_norm: bo
     return LayerShape(bias, mlp, norm, dense, MlpShape(int(config["intermediate_size"])) if dense else None)
 
 
-def dense_layers(config: dict[str, Any]) -> tuple[int, ...]:
-    """The layers of a MoE config that transformers builds with a dense MLP (module docstring)."""
+def dense_layers(config: dict[str, Any]) -> int:
+    """How many layers of a MoE config transformers builds with a dense MLP (module docstring)."""
     only = set(config.get("mlp_only_layers") or ())
     step = int(config.get("decoder_sparse_step") or 1)
     first = int(config.get("first_k_dense_replace") or 0)
     layers = range(int(config["num_hidden_layers"]))
-    return tuple(i for i in layers if i in only or (i + 1) % step or i < first)
+    return sum(1 for i in layers if i in only or (i + 1) % step or i < first)

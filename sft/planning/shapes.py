@@ -31,7 +31,7 @@ class ModelShape:
     qkv_bias: bool
     qk_norm: bool = False  # RMS norms on q and k (head_dim weights each)
     dtype: str = "float32"  # the checkpoint's own dtype (what `model.dtype: auto` loads)
-    dense_layers: int = 0  # layers of a MoE model with a dense MLP instead (`dense_mlp`)
+    dense_layers: int = 0  # layers of a MoE model with a dense MLP instead: `dense_mlp`, set when any
     dense_mlp: MlpShape | None = None
 
     @property
@@ -41,7 +41,7 @@ class ModelShape:
     def layer_mlps(self) -> list[tuple[MlpShape, int]]:
         """Each kind of MLP the decoder layers hold, with how many layers hold it."""
         kinds = [(self.mlp, self.num_layers - self.dense_layers)]
-        if self.dense_mlp is not None and self.dense_layers:
+        if self.dense_layers:
             kinds.append((self.dense_mlp, self.dense_layers))
         return kinds
 
@@ -92,7 +92,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
             qkv_bias=layer.qkv_bias,
             qk_norm=layer.qk_norm,
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32").removeprefix("torch."),
-            dense_layers=len(layer.dense_layers),
+            dense_layers=layer.dense_layers,
             dense_mlp=layer.dense_mlp,
         )
     except (KeyError, TypeError, ValueError) as err:
