@@ -32,7 +32,7 @@ from sft.errors import UserError
 from sft.families import FAMILIES
 from sft.families.attention import PACKED_VARLEN
 from sft.hub import DatasetRef
-from sft.trl_keys import REFUSED_TRAINING_KEYS, SCRIPT_KEYS
+from sft.trl_keys import REFUSED_TRAINING_KEYS, SCRIPT_KEYS, refusal
 from sft.validation import (
     apply_override,
     build_dataclass,
@@ -233,9 +233,7 @@ def _build_training(training: dict[str, Any], diffusion: dict[str, Any], file: s
         if key in SCRIPT_KEYS:
             raise _script_key(f"training.{key}", file)
         if key in REFUSED_TRAINING_KEYS:
-            raise UserError(
-                f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", file=file, key=f"training.{key}"
-            )
+            raise UserError(refusal(key), file=file, key=f"training.{key}")
         if key not in hints:
             honoured = [n for n in training_names if n not in REFUSED_TRAINING_KEYS]
             raise UserError(

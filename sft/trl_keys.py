@@ -43,6 +43,12 @@ REFUSED_TRAINING_KEYS = {
 does that job here. A recipe setting one is refused with that name; every other field works as in
 TRL and transformers."""
 
+
+def refusal(key: str) -> str:
+    """Why a recipe or a Python caller setting `key` (one of `REFUSED_TRAINING_KEYS`) is refused."""
+    return f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}"
+
+
 SCRIPT_KEYS = {
     "model_name_or_path": "model.name_or_path",
     "model_revision": "model.name_or_path (a hub id, or a local snapshot of the revision)",

@@ -29,7 +29,7 @@ from sft.families.loader import (
     read_chat_template,
     tail_token_id,
 )
-from sft.trl_keys import REFUSED_TRAINING_KEYS
+from sft.trl_keys import REFUSED_TRAINING_KEYS, refusal
 
 PRECISION_FIELDS = ("bf16", "fp16", "use_cpu")
 """Fields whose defaults depend on the machine (TRL's `bf16` needs a GPU): kept as given."""
@@ -172,7 +172,7 @@ def diffusion_args(args: TrainingArguments | None, model_name: str) -> Diffusion
     }
     for key in changed:
         if key in REFUSED_TRAINING_KEYS and key != "max_length":
-            raise UserError(f"not used by diffusion SFT; {REFUSED_TRAINING_KEYS[key]}", key=f"args.{key}")
+            raise UserError(refusal(key), key=f"args.{key}")
     return DiffusionSFTConfig(**kept, **changed)
 
 
